@@ -1,0 +1,164 @@
+"""Commands the edge ledger decides on: plain values mirroring the proto requests.
+
+Enum fields are raw ints on purpose: a caller may send a number the contract
+does not define, and rejecting it precisely is the ledger's job, not the
+transport's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.domain.model import Item, Location
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Who asks, when, and under which idempotency key."""
+
+    now_ms: int
+    actor: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertItem:
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertLocation:
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptLine:
+    sku: str
+    quantity: int
+    unit: str = ""
+    location_id: str = ""
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    lines: tuple[ReceiptLine, ...]
+    reference: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Adjust:
+    sku: str
+    quantity_delta: int
+    reason_code: int
+    location_id: str = ""
+    status: int = 0
+    unit: str = ""
+    reason: str = ""
+    release_reservations: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCount:
+    sku: str
+    counted_quantity: int
+    location_id: str = ""
+    status: int = 0
+    unit: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeStatus:
+    sku: str
+    quantity: int
+    from_status: int
+    to_status: int
+    location_id: str = ""
+    unit: str = ""
+    reason: str = ""
+    release_reservations: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveLine:
+    sku: str
+    quantity: int
+    unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    reservation_id: str
+    lines: tuple[ReserveLine, ...]
+    kind: int = 0
+    ttl_seconds: int = 0
+    channel: str = ""
+    customer_tier: str = ""
+    reference: str = ""
+    allow_partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuantityLine:
+    sku: str
+    quantity: int
+    unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    reservation_id: str
+    lines: tuple[QuantityLine, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PickLine:
+    sku: str
+    quantity: int
+    unit: str = ""
+    location_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    reservation_id: str
+    lines: tuple[PickLine, ...]
+    release_remainder: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    sku: str
+    quantity: int
+    status: int = 0
+    unit: str = ""
+    from_location_id: str = ""
+    to_location_id: str = ""
+    to_site_id: str = ""
+    reference: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireDue:
+    """Expire soft reservations whose TTL has passed (issued by the sweeper)."""
+
+    limit: int
+
+
+Command = (
+    UpsertItem
+    | UpsertLocation
+    | Receive
+    | Adjust
+    | RecordCount
+    | ChangeStatus
+    | Reserve
+    | Release
+    | Pick
+    | Transfer
+    | ExpireDue
+)
