@@ -1,0 +1,80 @@
+"""Composition root of the edge agent: settings -> storage -> engine -> gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+import uvloop
+from stockd.v1 import edge_pb2_grpc
+
+from edge_agent import settings as edge_settings
+from edge_agent.adapters.grpc_servicer import EdgeServicer
+from edge_agent.adapters.sqlite_queries import LedgerQueries
+from edge_agent.service.engine import EdgeEngine, EngineSettings
+from server.runtime.auth import Authenticator
+from server.runtime.grpc_server import GrpcServer, install_stop_signals
+from server.runtime.logging import configure_logging
+
+log = structlog.get_logger("stockd.edge")
+
+SERVICE_NAME = "stockd.v1.EdgeInventoryService"
+
+
+async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None:
+    engine = EdgeEngine(
+        EngineSettings(
+            site_id=config.site_id,
+            db_path=config.db_path,
+            commands_per_batch_max=config.commands_per_batch_max,
+            write_queue_max=config.write_queue_max,
+            sweep_interval_seconds=config.sweep_interval_seconds,
+            request_retention_seconds=config.request_retention_seconds,
+        )
+    )
+    await engine.start()
+    queries = LedgerQueries(str(config.db_path))
+    await queries.open()
+    auth = Authenticator(config.tokens)
+    if not auth.enabled:
+        log.warning("auth_disabled", hint="set [tokens] in the config file or STOCKD_TOKENS")
+    servicer = EdgeServicer(engine, queries, auth)
+    server = GrpcServer(
+        config.listen,
+        lambda s: edge_pb2_grpc.add_EdgeInventoryServiceServicer_to_server(servicer, s),
+        [SERVICE_NAME],
+    )
+    try:
+        port = await server.start()
+        if config.port_file is not None:
+            temporary = config.port_file.with_suffix(".tmp")
+            temporary.write_text(str(port))
+            os.replace(temporary, config.port_file)
+        log.info("server_started", site_id=config.site_id, port=port, db=str(config.db_path))
+        await stop.wait()
+        log.info("server_stopping")
+        await server.stop()
+    finally:
+        await engine.close()
+        await queries.close()
+        log.info("server_stopped")
+
+
+async def _main(config: edge_settings.EdgeSettings) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await serve(config, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = edge_settings.load(argv)
+    configure_logging(config.log_level, config.log_json)
+    uvloop.run(_main(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

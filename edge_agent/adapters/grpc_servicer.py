@@ -1,0 +1,494 @@
+"""gRPC servicer for stockd.v1.EdgeInventoryService: proto -> command -> engine -> proto."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+from stockd.v1 import common_pb2, edge_pb2, edge_pb2_grpc
+
+from edge_agent.adapters import convert
+from edge_agent.adapters.sqlite_queries import EventFilter, LedgerQueries
+from edge_agent.domain import commands as c
+from edge_agent.domain.ledger import Decision, EdgeLedger
+from edge_agent.service.engine import EdgeEngine, Outcome
+from server.domain import limits, paging
+from server.domain.errors import (
+    Overloaded,
+    ReservationClosed,
+    StockdError,
+    UnknownReservation,
+    UnknownSku,
+    Violations,
+)
+from server.domain.model import EventType, ReservationState
+from server.runtime.auth import Authenticator
+from server.runtime.calls import Call, unary
+from server.runtime.status import to_status
+
+log = structlog.get_logger("stockd.edge.rpc")
+
+
+def _check_request_id(request_id: str) -> None:
+    violations = Violations()
+    if not request_id:
+        violations.add("request_id", "must not be empty (use a client-generated UUID)")
+    elif len(request_id) > limits.REQUEST_ID_LENGTH_MAX:
+        violations.add("request_id", f"longer than {limits.REQUEST_ID_LENGTH_MAX} characters")
+    elif not request_id.isprintable():
+        violations.add("request_id", "must be printable")
+    violations.raise_if_any()
+
+
+class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
+    def __init__(
+        self, engine: EdgeEngine, queries: LedgerQueries, auth: Authenticator
+    ) -> None:
+        self.engine = engine
+        self.queries = queries
+        self.auth = auth
+        self.site_id = engine.settings.site_id
+        self._watchers = 0
+
+    @property
+    def ledger(self) -> EdgeLedger:
+        return self.engine.ledger
+
+    async def _write(
+        self,
+        rpc: str,
+        request: Any,
+        call: Call,
+        command: c.Command | c.UpsertItem | c.UpsertLocation,
+        render: Callable[[EdgeLedger, Outcome], Any],
+        response_type: Any,
+    ) -> Any:
+        _check_request_id(request.request_id)
+        data = await self.engine.execute(
+            rpc,
+            command,
+            actor=call.principal,
+            request_id=request.request_id,
+            payload=request.SerializeToString(deterministic=True),
+            render=lambda ledger, outcome: render(ledger, outcome).SerializeToString(),
+            deadline=call.deadline,
+        )
+        return response_type.FromString(data)
+
+    def _events(self, decision: Decision) -> list[common_pb2.LedgerEvent]:
+        return [convert.event_to_proto(event, self.site_id) for event in decision.events]
+
+    # ----- master data -----------------------------------------------------
+
+    @unary("UpsertItem", mutating=True)
+    async def UpsertItem(
+        self, request: edge_pb2.UpsertItemRequest, call: Call
+    ) -> edge_pb2.UpsertItemResponse:
+        def render(_ledger: EdgeLedger, item: Outcome) -> edge_pb2.UpsertItemResponse:
+            assert not isinstance(item, Decision)
+            return edge_pb2.UpsertItemResponse(item=convert.item_to_proto(item))  # type: ignore[arg-type]
+
+        command = c.UpsertItem(convert.item_from_proto(request.item))
+        result: edge_pb2.UpsertItemResponse = await self._write(
+            "UpsertItem", request, call, command, render, edge_pb2.UpsertItemResponse
+        )
+        return result
+
+    @unary("GetItem", mutating=False)
+    async def GetItem(
+        self, request: edge_pb2.GetItemRequest, call: Call
+    ) -> edge_pb2.GetItemResponse:
+        item = self.ledger.items.get(request.sku)
+        if item is None:
+            raise UnknownSku(f"unknown SKU {request.sku!r}", metadata={"sku": request.sku})
+        return edge_pb2.GetItemResponse(item=convert.item_to_proto(item))
+
+    @unary("ListItems", mutating=False)
+    async def ListItems(
+        self, request: edge_pb2.ListItemsRequest, call: Call
+    ) -> edge_pb2.ListItemsResponse:
+        size = paging.page_size(request.page_size)
+        after = paging.decode(request.page_token, "items")
+        skus = sorted(self.ledger.items)
+        if isinstance(after, str):
+            skus = [sku for sku in skus if sku > after]
+        page = skus[:size]
+        return edge_pb2.ListItemsResponse(
+            items=[convert.item_to_proto(self.ledger.items[sku]) for sku in page],
+            next_page_token=paging.encode(page[-1], "items") if len(skus) > size else "",
+        )
+
+    @unary("UpsertLocation", mutating=True)
+    async def UpsertLocation(
+        self, request: edge_pb2.UpsertLocationRequest, call: Call
+    ) -> edge_pb2.UpsertLocationResponse:
+        def render(_ledger: EdgeLedger, location: Outcome) -> edge_pb2.UpsertLocationResponse:
+            return edge_pb2.UpsertLocationResponse(
+                location=convert.location_to_proto(location)  # type: ignore[arg-type]
+            )
+
+        command = c.UpsertLocation(convert.location_from_proto(request.location))
+        result: edge_pb2.UpsertLocationResponse = await self._write(
+            "UpsertLocation", request, call, command, render, edge_pb2.UpsertLocationResponse
+        )
+        return result
+
+    @unary("ListLocations", mutating=False)
+    async def ListLocations(
+        self, request: edge_pb2.ListLocationsRequest, call: Call
+    ) -> edge_pb2.ListLocationsResponse:
+        size = paging.page_size(request.page_size)
+        after = paging.decode(request.page_token, "locations")
+        ids = sorted(self.ledger.locations)
+        if isinstance(after, str):
+            ids = [location for location in ids if location > after]
+        page = ids[:size]
+        return edge_pb2.ListLocationsResponse(
+            locations=[convert.location_to_proto(self.ledger.locations[i]) for i in page],
+            next_page_token=paging.encode(page[-1], "locations") if len(ids) > size else "",
+        )
+
+    # ----- stock movements -------------------------------------------------
+
+    @unary("Receive", mutating=True)
+    async def Receive(
+        self, request: edge_pb2.ReceiveRequest, call: Call
+    ) -> edge_pb2.ReceiveResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ReceiveResponse:
+            assert isinstance(decision, Decision)
+            return edge_pb2.ReceiveResponse(
+                events=self._events(decision),
+                availability=[convert.availability(ledger, sku) for sku in decision.skus],
+            )
+
+        result: edge_pb2.ReceiveResponse = await self._write(
+            "Receive", request, call, convert.receive(request), render, edge_pb2.ReceiveResponse
+        )
+        return result
+
+    @unary("Adjust", mutating=True)
+    async def Adjust(
+        self, request: edge_pb2.AdjustRequest, call: Call
+    ) -> edge_pb2.AdjustResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.AdjustResponse:
+            assert isinstance(decision, Decision)
+            return edge_pb2.AdjustResponse(
+                events=self._events(decision),
+                availability=convert.availability(ledger, request.sku),
+            )
+
+        result: edge_pb2.AdjustResponse = await self._write(
+            "Adjust", request, call, convert.adjust(request), render, edge_pb2.AdjustResponse
+        )
+        return result
+
+    @unary("RecordCount", mutating=True)
+    async def RecordCount(
+        self, request: edge_pb2.RecordCountRequest, call: Call
+    ) -> edge_pb2.RecordCountResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.RecordCountResponse:
+            assert isinstance(decision, Decision)
+            return edge_pb2.RecordCountResponse(
+                events=self._events(decision),
+                variance=decision.variance,
+                availability=convert.availability(ledger, request.sku),
+            )
+
+        result: edge_pb2.RecordCountResponse = await self._write(
+            "RecordCount",
+            request,
+            call,
+            convert.record_count(request),
+            render,
+            edge_pb2.RecordCountResponse,
+        )
+        return result
+
+    @unary("ChangeStatus", mutating=True)
+    async def ChangeStatus(
+        self, request: edge_pb2.ChangeStatusRequest, call: Call
+    ) -> edge_pb2.ChangeStatusResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ChangeStatusResponse:
+            assert isinstance(decision, Decision)
+            return edge_pb2.ChangeStatusResponse(
+                events=self._events(decision),
+                availability=convert.availability(ledger, request.sku),
+            )
+
+        result: edge_pb2.ChangeStatusResponse = await self._write(
+            "ChangeStatus",
+            request,
+            call,
+            convert.change_status(request),
+            render,
+            edge_pb2.ChangeStatusResponse,
+        )
+        return result
+
+    @unary("Transfer", mutating=True)
+    async def Transfer(
+        self, request: edge_pb2.TransferRequest, call: Call
+    ) -> edge_pb2.TransferResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.TransferResponse:
+            assert isinstance(decision, Decision)
+            return edge_pb2.TransferResponse(
+                events=self._events(decision),
+                availability=convert.availability(ledger, request.sku),
+            )
+
+        result: edge_pb2.TransferResponse = await self._write(
+            "Transfer", request, call, convert.transfer(request), render,
+            edge_pb2.TransferResponse,
+        )  # fmt: skip
+        return result
+
+    # ----- reservations ----------------------------------------------------
+
+    def _reservation_proto(self, ledger: EdgeLedger, reservation_id: str) -> common_pb2.Reservation:
+        reservation = ledger.reservation_state(reservation_id)
+        assert reservation is not None
+        return convert.reservation_to_proto(reservation)
+
+    @unary("Reserve", mutating=True)
+    async def Reserve(
+        self, request: edge_pb2.ReserveRequest, call: Call
+    ) -> edge_pb2.ReserveResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ReserveResponse:
+            assert isinstance(decision, Decision)
+            response = edge_pb2.ReserveResponse(
+                shortfalls=[
+                    edge_pb2.LineShortfall(sku=sku, requested=requested, available=available)
+                    for sku, requested, available in decision.shortfalls
+                ],
+                as_of_sequence=ledger.last_sequence,
+            )
+            if decision.reservation_id:
+                response.reservation.CopyFrom(
+                    self._reservation_proto(ledger, decision.reservation_id)
+                )
+            return response
+
+        command = convert.reserve(request, reservation_id=uuid.uuid4().hex)
+        result: edge_pb2.ReserveResponse = await self._write(
+            "Reserve", request, call, command, render, edge_pb2.ReserveResponse
+        )
+        return result
+
+    async def _closed_or_unknown(
+        self, error: UnknownReservation, reservation_id: str
+    ) -> StockdError:
+        stored = await self.queries.get_reservation(reservation_id)
+        if stored is not None and stored.state is not ReservationState.OPEN:
+            return ReservationClosed(
+                f"reservation {reservation_id!r} is {stored.state.name.lower()}",
+                metadata={"reservation_id": reservation_id, "state": stored.state.name},
+            )
+        return error
+
+    @unary("Release", mutating=True)
+    async def Release(
+        self, request: edge_pb2.ReleaseRequest, call: Call
+    ) -> edge_pb2.ReleaseResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ReleaseResponse:
+            assert isinstance(decision, Decision)
+            return edge_pb2.ReleaseResponse(
+                reservation=self._reservation_proto(ledger, request.reservation_id),
+                events=self._events(decision),
+            )
+
+        try:
+            result: edge_pb2.ReleaseResponse = await self._write(
+                "Release", request, call, convert.release(request), render,
+                edge_pb2.ReleaseResponse,
+            )  # fmt: skip
+        except UnknownReservation as error:
+            raise await self._closed_or_unknown(error, request.reservation_id) from None
+        return result
+
+    @unary("Pick", mutating=True)
+    async def Pick(self, request: edge_pb2.PickRequest, call: Call) -> edge_pb2.PickResponse:
+        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.PickResponse:
+            assert isinstance(decision, Decision)
+            return edge_pb2.PickResponse(
+                reservation=self._reservation_proto(ledger, request.reservation_id),
+                events=self._events(decision),
+            )
+
+        try:
+            result: edge_pb2.PickResponse = await self._write(
+                "Pick", request, call, convert.pick(request), render, edge_pb2.PickResponse
+            )
+        except UnknownReservation as error:
+            raise await self._closed_or_unknown(error, request.reservation_id) from None
+        return result
+
+    # ----- reads -------------------------------------------------------------
+
+    def _check_skus(self, skus: list[str], path: str = "skus") -> None:
+        violations = Violations()
+        if len(skus) > limits.SKUS_PER_QUERY_MAX:
+            violations.add(
+                path,
+                f"{len(skus)} SKUs is above the limit of {limits.SKUS_PER_QUERY_MAX}",
+                "ERROR_REASON_TOO_MANY_LINES",
+            )
+        for index, sku in enumerate(skus):
+            if not sku:
+                violations.add(f"{path}[{index}]", "must not be empty")
+        violations.raise_if_any()
+        for index, sku in enumerate(skus):
+            if sku not in self.ledger.items:
+                raise UnknownSku(
+                    f"unknown SKU {sku!r} ({path}[{index}])",
+                    metadata={"sku": sku, "field": f"{path}[{index}]"},
+                )
+
+    @unary("GetAvailability", mutating=False)
+    async def GetAvailability(
+        self, request: edge_pb2.GetAvailabilityRequest, call: Call
+    ) -> edge_pb2.GetAvailabilityResponse:
+        ledger = self.ledger
+        if request.skus:
+            skus = list(request.skus)
+            self._check_skus(skus)
+            return edge_pb2.GetAvailabilityResponse(
+                availability=[convert.availability(ledger, sku) for sku in skus],
+                as_of_sequence=ledger.last_sequence,
+            )
+        size = paging.page_size(request.page_size)
+        after = paging.decode(request.page_token, "availability")
+        every = sorted(ledger.items)
+        if isinstance(after, str):
+            every = [sku for sku in every if sku > after]
+        page = every[:size]
+        return edge_pb2.GetAvailabilityResponse(
+            availability=[convert.availability(ledger, sku) for sku in page],
+            next_page_token=paging.encode(page[-1], "availability") if len(every) > size else "",
+            as_of_sequence=ledger.last_sequence,
+        )
+
+    @unary("GetReservation", mutating=False)
+    async def GetReservation(
+        self, request: edge_pb2.GetReservationRequest, call: Call
+    ) -> edge_pb2.GetReservationResponse:
+        reservation = self.ledger.reservations.get(request.reservation_id)
+        if reservation is None:
+            reservation = await self.queries.get_reservation(request.reservation_id)
+        if reservation is None:
+            raise UnknownReservation(
+                f"no reservation {request.reservation_id!r}",
+                metadata={"reservation_id": request.reservation_id},
+            )
+        return edge_pb2.GetReservationResponse(
+            reservation=convert.reservation_to_proto(reservation)
+        )
+
+    @unary("ListReservations", mutating=False)
+    async def ListReservations(
+        self, request: edge_pb2.ListReservationsRequest, call: Call
+    ) -> edge_pb2.ListReservationsResponse:
+        violations = Violations()
+        if request.state not in ReservationState._value2member_map_:
+            violations.add("state", f"unknown reservation state {request.state}")
+        violations.raise_if_any()
+        size = paging.page_size(request.page_size)
+        query = ("reservations", request.state, request.sku)
+        before = paging.decode(request.page_token, query)
+        found = await self.queries.list_reservations(
+            request.state, request.sku, before if isinstance(before, int) else None, size + 1
+        )
+        page = found[:size]
+        return edge_pb2.ListReservationsResponse(
+            reservations=[convert.reservation_to_proto(r) for r in page],
+            next_page_token=(
+                paging.encode(page[-1].created_sequence, query) if len(found) > size else ""
+            ),
+        )
+
+    @unary("ListEvents", mutating=False)
+    async def ListEvents(
+        self, request: edge_pb2.ListEventsRequest, call: Call
+    ) -> edge_pb2.ListEventsResponse:
+        violations = Violations()
+        for index, event_type in enumerate(request.types):
+            if event_type not in EventType._value2member_map_ or event_type == 0:
+                violations.add(f"types[{index}]", f"unknown event type {event_type}")
+        violations.raise_if_any()
+        size = paging.page_size(request.page_size)
+        since_ms = request.since.ToMilliseconds() if request.HasField("since") else None
+        until_ms = request.until.ToMilliseconds() if request.HasField("until") else None
+        query = (
+            "events", request.sku, request.actor, since_ms, until_ms,
+            request.after_sequence, sorted(request.types),
+        )  # fmt: skip
+        after = paging.decode(request.page_token, query)
+        where = EventFilter(
+            sku=request.sku,
+            actor=request.actor,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            after_sequence=after if isinstance(after, int) else request.after_sequence,
+            types=tuple(request.types),
+        )
+        found = await self.queries.list_events(where, size + 1)
+        page = found[:size]
+        return edge_pb2.ListEventsResponse(
+            events=[convert.event_to_proto(event, self.site_id) for event in page],
+            next_page_token=paging.encode(page[-1].sequence, query) if len(found) > size else "",
+        )
+
+    async def WatchAvailability(
+        self,
+        request: edge_pb2.WatchAvailabilityRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[edge_pb2.WatchAvailabilityResponse]:
+        """Streams balances; a watcher that falls behind gets a fresh snapshot."""
+        try:
+            self.auth.principal(context.invocation_metadata())
+            self._check_skus(list(request.skus))
+            if self._watchers >= limits.WATCHERS_MAX:
+                raise Overloaded(f"at most {limits.WATCHERS_MAX} watchers")
+        except StockdError as error:
+            await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+            return
+        watched = set(request.skus) or None
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=limits.WATCH_QUEUE_MAX)
+        behind = False
+
+        def listener(touched: set[str]) -> None:
+            nonlocal behind
+            for sku in touched:
+                if watched is None or sku in watched:
+                    try:
+                        queue.put_nowait(sku)
+                    except asyncio.QueueFull:
+                        behind = True
+
+        remove = self.engine.add_listener(listener)
+        self._watchers += 1
+        try:
+            for sku in sorted(watched or self.ledger.items):
+                yield edge_pb2.WatchAvailabilityResponse(
+                    availability=convert.availability(self.ledger, sku), snapshot=True
+                )
+            while True:
+                sku = await queue.get()
+                if behind:
+                    behind = False
+                    while not queue.empty():
+                        queue.get_nowait()
+                    for every in sorted(watched or self.ledger.items):
+                        yield edge_pb2.WatchAvailabilityResponse(
+                            availability=convert.availability(self.ledger, every), snapshot=True
+                        )
+                    continue
+                yield edge_pb2.WatchAvailabilityResponse(
+                    availability=convert.availability(self.ledger, sku), snapshot=False
+                )
+        finally:
+            self._watchers -= 1
+            remove()
