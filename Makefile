@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m server.demo
+	$(BIN)/python -m clients.demo
 
 test: $(STAMP) proto-check lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
 import structlog
 import uvloop
-from stockd.v1 import edge_pb2_grpc
 
 from edge_agent import settings as edge_settings
-from edge_agent.adapters.grpc_servicer import EdgeServicer
+from edge_agent.adapters.grpc_servicer import SERVICE_NAME, EdgeServicer, register
 from edge_agent.adapters.sqlite_queries import LedgerQueries
 from edge_agent.service.engine import EdgeEngine, EngineSettings
 from server.runtime.auth import Authenticator
+from server.runtime.calls import summarise
 from server.runtime.grpc_server import GrpcServer, install_stop_signals
 from server.runtime.logging import configure_logging
 
 log = structlog.get_logger("stockd.edge")
 
-SERVICE_NAME = "stockd.v1.EdgeInventoryService"
+SUMMARY_INTERVAL_SECONDS = 10.0
 
 
 async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None:
@@ -44,7 +45,7 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
     servicer = EdgeServicer(engine, queries, auth)
     server = GrpcServer(
         config.listen,
-        lambda s: edge_pb2_grpc.add_EdgeInventoryServiceServicer_to_server(servicer, s),
+        lambda s: register(s, servicer),
         [SERVICE_NAME],
     )
     try:
@@ -54,13 +55,32 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
             temporary.write_text(str(port))
             os.replace(temporary, config.port_file)
         log.info("server_started", site_id=config.site_id, port=port, db=str(config.db_path))
+        summary = asyncio.create_task(_summarise(servicer, engine, stop))
         await stop.wait()
+        summary.cancel()
         log.info("server_stopping")
         await server.stop()
     finally:
         await engine.close()
         await queries.close()
         log.info("server_stopped")
+
+
+async def _summarise(servicer: EdgeServicer, engine: EdgeEngine, stop: asyncio.Event) -> None:
+    """One info line per interval instead of one per call (see server.runtime.calls)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=SUMMARY_INTERVAL_SECONDS)
+        counts = summarise(servicer.rpc_counts)
+        if counts:
+            log.info(
+                "rpc_summary",
+                calls=counts,
+                last_sequence=engine.ledger.last_sequence,
+                batches=engine.stats.batches,
+                largest_batch=engine.stats.largest_batch,
+                queue_depth=engine.queue_depth,
+            )
 
 
 async def _main(config: edge_settings.EdgeSettings) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
-from stockd.v1 import common_pb2, edge_pb2
 
 from edge_agent.domain import commands as c
 from edge_agent.domain.ledger import EdgeLedger, Reservation
@@ -16,6 +15,7 @@ from server.domain.model import (
     StockStatus,
     UnitConversion,
 )
+from stockd.v1 import common_pb2, edge_pb2
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:

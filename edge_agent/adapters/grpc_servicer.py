@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import structlog
-from stockd.v1 import common_pb2, edge_pb2, edge_pb2_grpc
 
 from edge_agent.adapters import convert
 from edge_agent.adapters.sqlite_queries import EventFilter, LedgerQueries
@@ -29,6 +29,7 @@ from server.domain.model import EventType, ReservationState
 from server.runtime.auth import Authenticator
 from server.runtime.calls import Call, unary
 from server.runtime.status import to_status
+from stockd.v1 import common_pb2, edge_pb2, edge_pb2_grpc
 
 log = structlog.get_logger("stockd.edge.rpc")
 
@@ -45,14 +46,13 @@ def _check_request_id(request_id: str) -> None:
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
-    def __init__(
-        self, engine: EdgeEngine, queries: LedgerQueries, auth: Authenticator
-    ) -> None:
+    def __init__(self, engine: EdgeEngine, queries: LedgerQueries, auth: Authenticator) -> None:
         self.engine = engine
         self.queries = queries
         self.auth = auth
         self.site_id = engine.settings.site_id
         self._watchers = 0
+        self.rpc_counts: Counter[tuple[str, str]] = Counter()
 
     @property
     def ledger(self) -> EdgeLedger:
@@ -65,10 +65,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         call: Call,
         command: c.Command | c.UpsertItem | c.UpsertLocation,
         render: Callable[[EdgeLedger, Outcome], Any],
-        response_type: Any,
-    ) -> Any:
+    ) -> bytes:
+        """Runs a write; returns the serialized response (stored for replays)."""
         _check_request_id(request.request_id)
-        data = await self.engine.execute(
+        return await self.engine.execute(
             rpc,
             command,
             actor=call.principal,
@@ -77,7 +77,6 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
             render=lambda ledger, outcome: render(ledger, outcome).SerializeToString(),
             deadline=call.deadline,
         )
-        return response_type.FromString(data)
 
     def _events(self, decision: Decision) -> list[common_pb2.LedgerEvent]:
         return [convert.event_to_proto(event, self.site_id) for event in decision.events]
@@ -85,17 +84,13 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
     # ----- master data -----------------------------------------------------
 
     @unary("UpsertItem", mutating=True)
-    async def UpsertItem(
-        self, request: edge_pb2.UpsertItemRequest, call: Call
-    ) -> edge_pb2.UpsertItemResponse:
+    async def UpsertItem(self, request: edge_pb2.UpsertItemRequest, call: Call) -> bytes:
         def render(_ledger: EdgeLedger, item: Outcome) -> edge_pb2.UpsertItemResponse:
             assert not isinstance(item, Decision)
             return edge_pb2.UpsertItemResponse(item=convert.item_to_proto(item))  # type: ignore[arg-type]
 
         command = c.UpsertItem(convert.item_from_proto(request.item))
-        result: edge_pb2.UpsertItemResponse = await self._write(
-            "UpsertItem", request, call, command, render, edge_pb2.UpsertItemResponse
-        )
+        result = await self._write("UpsertItem", request, call, command, render)
         return result
 
     @unary("GetItem", mutating=False)
@@ -123,18 +118,14 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         )
 
     @unary("UpsertLocation", mutating=True)
-    async def UpsertLocation(
-        self, request: edge_pb2.UpsertLocationRequest, call: Call
-    ) -> edge_pb2.UpsertLocationResponse:
+    async def UpsertLocation(self, request: edge_pb2.UpsertLocationRequest, call: Call) -> bytes:
         def render(_ledger: EdgeLedger, location: Outcome) -> edge_pb2.UpsertLocationResponse:
             return edge_pb2.UpsertLocationResponse(
                 location=convert.location_to_proto(location)  # type: ignore[arg-type]
             )
 
         command = c.UpsertLocation(convert.location_from_proto(request.location))
-        result: edge_pb2.UpsertLocationResponse = await self._write(
-            "UpsertLocation", request, call, command, render, edge_pb2.UpsertLocationResponse
-        )
+        result = await self._write("UpsertLocation", request, call, command, render)
         return result
 
     @unary("ListLocations", mutating=False)
@@ -155,9 +146,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
     # ----- stock movements -------------------------------------------------
 
     @unary("Receive", mutating=True)
-    async def Receive(
-        self, request: edge_pb2.ReceiveRequest, call: Call
-    ) -> edge_pb2.ReceiveResponse:
+    async def Receive(self, request: edge_pb2.ReceiveRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ReceiveResponse:
             assert isinstance(decision, Decision)
             return edge_pb2.ReceiveResponse(
@@ -165,15 +154,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
                 availability=[convert.availability(ledger, sku) for sku in decision.skus],
             )
 
-        result: edge_pb2.ReceiveResponse = await self._write(
-            "Receive", request, call, convert.receive(request), render, edge_pb2.ReceiveResponse
-        )
+        result = await self._write("Receive", request, call, convert.receive(request), render)
         return result
 
     @unary("Adjust", mutating=True)
-    async def Adjust(
-        self, request: edge_pb2.AdjustRequest, call: Call
-    ) -> edge_pb2.AdjustResponse:
+    async def Adjust(self, request: edge_pb2.AdjustRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.AdjustResponse:
             assert isinstance(decision, Decision)
             return edge_pb2.AdjustResponse(
@@ -181,15 +166,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
                 availability=convert.availability(ledger, request.sku),
             )
 
-        result: edge_pb2.AdjustResponse = await self._write(
-            "Adjust", request, call, convert.adjust(request), render, edge_pb2.AdjustResponse
-        )
+        result = await self._write("Adjust", request, call, convert.adjust(request), render)
         return result
 
     @unary("RecordCount", mutating=True)
-    async def RecordCount(
-        self, request: edge_pb2.RecordCountRequest, call: Call
-    ) -> edge_pb2.RecordCountResponse:
+    async def RecordCount(self, request: edge_pb2.RecordCountRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.RecordCountResponse:
             assert isinstance(decision, Decision)
             return edge_pb2.RecordCountResponse(
@@ -198,20 +179,13 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
                 availability=convert.availability(ledger, request.sku),
             )
 
-        result: edge_pb2.RecordCountResponse = await self._write(
-            "RecordCount",
-            request,
-            call,
-            convert.record_count(request),
-            render,
-            edge_pb2.RecordCountResponse,
+        result = await self._write(
+            "RecordCount", request, call, convert.record_count(request), render
         )
         return result
 
     @unary("ChangeStatus", mutating=True)
-    async def ChangeStatus(
-        self, request: edge_pb2.ChangeStatusRequest, call: Call
-    ) -> edge_pb2.ChangeStatusResponse:
+    async def ChangeStatus(self, request: edge_pb2.ChangeStatusRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ChangeStatusResponse:
             assert isinstance(decision, Decision)
             return edge_pb2.ChangeStatusResponse(
@@ -219,20 +193,13 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
                 availability=convert.availability(ledger, request.sku),
             )
 
-        result: edge_pb2.ChangeStatusResponse = await self._write(
-            "ChangeStatus",
-            request,
-            call,
-            convert.change_status(request),
-            render,
-            edge_pb2.ChangeStatusResponse,
+        result = await self._write(
+            "ChangeStatus", request, call, convert.change_status(request), render
         )
         return result
 
     @unary("Transfer", mutating=True)
-    async def Transfer(
-        self, request: edge_pb2.TransferRequest, call: Call
-    ) -> edge_pb2.TransferResponse:
+    async def Transfer(self, request: edge_pb2.TransferRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.TransferResponse:
             assert isinstance(decision, Decision)
             return edge_pb2.TransferResponse(
@@ -240,10 +207,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
                 availability=convert.availability(ledger, request.sku),
             )
 
-        result: edge_pb2.TransferResponse = await self._write(
-            "Transfer", request, call, convert.transfer(request), render,
-            edge_pb2.TransferResponse,
-        )  # fmt: skip
+        result = await self._write(
+            "Transfer", request, call, convert.transfer(request), render)  # fmt: skip
         return result
 
     # ----- reservations ----------------------------------------------------
@@ -254,9 +219,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         return convert.reservation_to_proto(reservation)
 
     @unary("Reserve", mutating=True)
-    async def Reserve(
-        self, request: edge_pb2.ReserveRequest, call: Call
-    ) -> edge_pb2.ReserveResponse:
+    async def Reserve(self, request: edge_pb2.ReserveRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ReserveResponse:
             assert isinstance(decision, Decision)
             response = edge_pb2.ReserveResponse(
@@ -273,9 +236,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
             return response
 
         command = convert.reserve(request, reservation_id=uuid.uuid4().hex)
-        result: edge_pb2.ReserveResponse = await self._write(
-            "Reserve", request, call, command, render, edge_pb2.ReserveResponse
-        )
+        result = await self._write("Reserve", request, call, command, render)
         return result
 
     async def _closed_or_unknown(
@@ -290,9 +251,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         return error
 
     @unary("Release", mutating=True)
-    async def Release(
-        self, request: edge_pb2.ReleaseRequest, call: Call
-    ) -> edge_pb2.ReleaseResponse:
+    async def Release(self, request: edge_pb2.ReleaseRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ReleaseResponse:
             assert isinstance(decision, Decision)
             return edge_pb2.ReleaseResponse(
@@ -301,16 +260,14 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
             )
 
         try:
-            result: edge_pb2.ReleaseResponse = await self._write(
-                "Release", request, call, convert.release(request), render,
-                edge_pb2.ReleaseResponse,
-            )  # fmt: skip
+            result = await self._write(
+                "Release", request, call, convert.release(request), render)  # fmt: skip
         except UnknownReservation as error:
             raise await self._closed_or_unknown(error, request.reservation_id) from None
         return result
 
     @unary("Pick", mutating=True)
-    async def Pick(self, request: edge_pb2.PickRequest, call: Call) -> edge_pb2.PickResponse:
+    async def Pick(self, request: edge_pb2.PickRequest, call: Call) -> bytes:
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.PickResponse:
             assert isinstance(decision, Decision)
             return edge_pb2.PickResponse(
@@ -319,9 +276,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
             )
 
         try:
-            result: edge_pb2.PickResponse = await self._write(
-                "Pick", request, call, convert.pick(request), render, edge_pb2.PickResponse
-            )
+            result = await self._write("Pick", request, call, convert.pick(request), render)
         except UnknownReservation as error:
             raise await self._closed_or_unknown(error, request.reservation_id) from None
         return result
@@ -492,3 +447,42 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         finally:
             self._watchers -= 1
             remove()
+
+
+WRITE_METHODS = (
+    "UpsertItem", "UpsertLocation", "Receive", "Adjust", "RecordCount", "ChangeStatus",
+    "Reserve", "Release", "Pick", "Transfer",
+)  # fmt: skip
+SERVICE_NAME = "stockd.v1.EdgeInventoryService"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def register(server: grpc.aio.Server, servicer: EdgeServicer) -> None:
+    """Adds the service; write handlers return stored bytes, sent as they are.
+
+    Writes already hold their serialized response (it is what a replay
+    returns), so their serializer is the identity: no parse, no re-encode.
+    """
+    service = edge_pb2.DESCRIPTOR.services_by_name["EdgeInventoryService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_type = getattr(edge_pb2, method.input_type.name)
+        response_type = getattr(edge_pb2, method.output_type.name)
+        behaviour = getattr(servicer, method.name)
+        serializer = _identity if method.name in WRITE_METHODS else response_type.SerializeToString
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=serializer,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=serializer,
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -72,8 +72,6 @@ CREATE TABLE IF NOT EXISTS events (
   expires_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sku ON events (sku, sequence);
-CREATE INDEX IF NOT EXISTS events_by_actor ON events (actor, sequence);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (recorded_at_ms);
 CREATE TABLE IF NOT EXISTS balances (
   sku TEXT NOT NULL,
   location_id TEXT NOT NULL,
@@ -96,7 +94,6 @@ CREATE TABLE IF NOT EXISTS reservations (
   updated_sequence INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reservations_by_state ON reservations (state, created_sequence);
-CREATE INDEX IF NOT EXISTS reservations_by_created ON reservations (created_sequence);
 CREATE TABLE IF NOT EXISTS reservation_lines (
   reservation_id TEXT NOT NULL REFERENCES reservations (reservation_id),
   sku TEXT NOT NULL,
@@ -114,7 +111,6 @@ CREATE TABLE IF NOT EXISTS requests (
   response BLOB NOT NULL,
   created_at_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS requests_by_time ON requests (created_at_ms);
 """
 
 EVENT_COLUMNS = (
@@ -357,6 +353,10 @@ def lookup_requests(
         ):
             found[request_id] = (bytes(fingerprint), bytes(response))
     return found
+
+
+def request_ids(connection: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in connection.execute("SELECT request_id FROM requests")]
 
 
 def prune_requests(connection: sqlite3.Connection, before_ms: int) -> int:

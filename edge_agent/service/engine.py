@@ -39,6 +39,7 @@ from server.domain.errors import (
     StorageUnavailable,
 )
 from server.domain.model import SYSTEM_ACTOR, Item, Location
+from server.storage.bloom import BloomFilter
 from server.storage.sqlite import SqliteWorker
 
 log = structlog.get_logger("stockd.edge.engine")
@@ -112,13 +113,18 @@ class EdgeEngine:
     _listeners: list[ChangeListener] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closing: bool = False
+    _seen: BloomFilter = field(init=False)
+    _checkpointer: SqliteWorker = field(init=False)
 
     async def start(self) -> None:
-        self._worker = SqliteWorker(self.settings.db_path)
+        self._worker = SqliteWorker(self.settings.db_path, auto_checkpoint=False)
         await self._worker.open()
+        self._checkpointer = SqliteWorker(self.settings.db_path, "sqlite-checkpoint")
+        await self._checkpointer.open()
         site_id = self.settings.site_id
         await self._worker.run(lambda conn: sqlite_ledger.initialise(conn, site_id))
         self.ledger = await self._worker.run(lambda conn: sqlite_ledger.load(conn, site_id))
+        await self._rebuild_seen()
         self._queue = asyncio.Queue(maxsize=self.settings.write_queue_max)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="edge-writer"),
@@ -144,8 +150,16 @@ class EdgeEngine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._tasks = []
+            await self._checkpointer.close()
             await self._worker.close()
         log.info("ledger_closed", site_id=self.settings.site_id)
+
+    async def _rebuild_seen(self) -> None:
+        ids = await self._worker.run(sqlite_ledger.request_ids)
+        seen = BloomFilter(max(limits.REQUEST_CACHE_ENTRIES_MAX * 5, len(ids) * 2))
+        for request_id in ids:
+            seen.add(request_id)
+        self._seen = seen
 
     def add_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Registers a callback run with the SKUs touched by each durable batch."""
@@ -219,10 +233,13 @@ class EdgeEngine:
                     self._queue.task_done()
 
     async def _process(self, batch: list[_Submission]) -> None:
+        # Only ids the Bloom filter may have seen are looked up in the database.
         unknown = [
             s.request_id
             for s in batch
-            if s.fingerprint is not None and s.request_id not in self._cache
+            if s.fingerprint is not None
+            and s.request_id not in self._cache
+            and s.request_id in self._seen
         ]
         if unknown:
             found = await self._worker.run(
@@ -285,6 +302,7 @@ class EdgeEngine:
                 await self._reload()
                 return
         for request_id in pending:
+            self._seen.add(request_id)
             stored = self._cache.get(request_id)
             if stored is not None:
                 stored.committed = True
@@ -342,6 +360,7 @@ class EdgeEngine:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
             try:
+                await self._checkpointer.checkpoint()
                 await self.sweep_once()
                 if time.monotonic() - last_prune > 3600:
                     last_prune = time.monotonic()
@@ -351,6 +370,7 @@ class EdgeEngine:
                     )
                     if pruned:
                         log.info("requests_pruned", count=pruned)
+                        await self._rebuild_seen()
             except StockdError as error:
                 log.warning("sweep_skipped", reason=error.reason_name)
             except Exception:

@@ -1,17 +1,20 @@
-"""The call wrapper every servicer method goes through.
+"""The call wrapper every unary servicer method goes through.
 
-It authenticates, binds request_id, rpc and peer to the log context, computes
-the caller's deadline, maps errors to statuses in one place and logs one line
-per call. A decorator costs less per call than a grpc.aio interceptor chain,
-which matters when Python gRPC itself is the throughput ceiling.
+It authenticates, computes the caller's deadline, maps errors to statuses in
+one place and logs. A decorator costs less per call than a grpc.aio
+interceptor chain, which matters when Python gRPC itself is the throughput
+ceiling; for the same reason successful calls are counted and summarised
+periodically (`rpc_summary`) and logged one by one only at debug level, while
+every refused or failed call is logged with its request_id, rpc and peer.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -22,12 +25,10 @@ from server.runtime.status import to_status
 
 log = structlog.get_logger("stockd.rpc")
 
-Request = TypeVar("Request")
-Response = TypeVar("Response")
 
-
-class HasAuth(Protocol):
+class Servicer(Protocol):
     auth: Authenticator
+    rpc_counts: Counter[tuple[str, str]]
 
 
 class Call:
@@ -48,52 +49,70 @@ def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return time.monotonic() + remaining
 
 
-def unary(
-    rpc: str, *, mutating: bool
-) -> Callable[
-    [Callable[[Any, Any, Call], Awaitable[Any]]],
-    Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
-]:
+Handler = Callable[[Any, Any, Call], Awaitable[Any]]
+Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def unary(rpc: str, *, mutating: bool) -> Callable[[Handler], Method]:
     """Wraps `async def handler(self, request, call) -> response`."""
 
-    def wrap(
-        handler: Callable[[Any, Any, Call], Awaitable[Any]],
-    ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    def wrap(handler: Handler) -> Method:
         @functools.wraps(handler)
         async def method(
-            self: HasAuth, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            self: Servicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
             started = time.perf_counter()
-            request_id = getattr(request, "request_id", "")
-            with structlog.contextvars.bound_contextvars(
-                rpc=rpc, request_id=request_id, peer=context.peer()
-            ):
-                try:
+            principal = ""
+            try:
+                if self.auth.enabled:
                     principal = self.auth.principal(context.invocation_metadata())
-                    call = Call(principal, deadline_of(context), context)
-                    response = await handler(self, request, call)
-                except StockdError as error:
-                    log.info(
-                        "rpc_refused",
-                        code=error.code,
-                        reason=error.reason_name,
-                        message=error.message,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                    )
-                    await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
-                    raise AssertionError("abort_with_status returned") from error
-                except Exception:
-                    log.exception("rpc_crashed")
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see agent log")
-                    raise
-                if mutating:
-                    log.info(
-                        "rpc_completed",
-                        principal=principal,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                    )
-                return response
+                else:
+                    principal = self.auth.principal(None)
+                call = Call(principal, deadline_of(context), context)
+                response = await handler(self, request, call)
+            except StockdError as error:
+                self.rpc_counts[(rpc, error.code)] += 1
+                log.info(
+                    "rpc_refused",
+                    rpc=rpc,
+                    request_id=getattr(request, "request_id", ""),
+                    peer=context.peer(),
+                    principal=principal,
+                    code=error.code,
+                    reason=error.reason_name,
+                    message=error.message,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
+                await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+                raise AssertionError("abort_with_status returned") from error
+            except Exception:
+                self.rpc_counts[(rpc, "INTERNAL")] += 1
+                log.exception(
+                    "rpc_crashed",
+                    rpc=rpc,
+                    request_id=getattr(request, "request_id", ""),
+                    peer=context.peer(),
+                )
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
+                raise
+            self.rpc_counts[(rpc, "OK")] += 1
+            if mutating:
+                log.debug(
+                    "rpc_completed",
+                    rpc=rpc,
+                    request_id=request.request_id,
+                    principal=principal,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
+            return response
 
         return method
 
     return wrap
+
+
+def summarise(counts: Counter[tuple[str, str]]) -> dict[str, int]:
+    """Flattens and resets the per-(rpc, code) counters for a summary log line."""
+    summary = {f"{rpc}.{code}": count for (rpc, code), count in sorted(counts.items())}
+    counts.clear()
+    return summary

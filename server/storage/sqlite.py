@@ -42,14 +42,22 @@ def connect(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
 class SqliteWorker:
     """A dedicated thread that owns one connection; calls run in FIFO order."""
 
-    def __init__(self, path: str | Path, name: str = "sqlite-writer") -> None:
+    def __init__(
+        self, path: str | Path, name: str = "sqlite-writer", *, auto_checkpoint: bool = True
+    ) -> None:
         self._path = Path(path)
+        self._auto_checkpoint = auto_checkpoint
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._connection: sqlite3.Connection | None = None
 
     async def open(self) -> None:
         def _open() -> sqlite3.Connection:
-            return connect(self._path)
+            connection = connect(self._path)
+            if not self._auto_checkpoint:
+                # Checkpoints run on another connection (see checkpoint()), so the
+                # writer never pays for copying the WAL into the database file.
+                connection.execute("PRAGMA wal_autocheckpoint=0")
+            return connection
 
         self._connection = await asyncio.get_running_loop().run_in_executor(
             self._executor, _open
@@ -62,6 +70,10 @@ class SqliteWorker:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, function, connection
         )
+
+    async def checkpoint(self) -> None:
+        """Copies committed WAL frames into the database without blocking writers."""
+        await self.run(lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)"))
 
     async def close(self) -> None:
         """Checkpoints the WAL and closes, so the file is whole on its own."""

@@ -1,0 +1,22 @@
+"""Case name -> case function, in the order the harness runs them.
+
+Adding a case is one module in ``bench/cases`` with an ``async def
+run(context) -> list[Run]`` and one line here. A case that uses another as its
+baseline comes after it, so the baseline is measured once and reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from bench.cases import edge_reserve, grpc_echo, sqlite_commit
+from bench.context import CaseContext
+from bench.results import Run
+
+CaseFunction = Callable[[CaseContext], Awaitable[list[Run]]]
+
+CASES: dict[str, CaseFunction] = {
+    grpc_echo.CASE_NAME: grpc_echo.run,
+    sqlite_commit.CASE_NAME: sqlite_commit.run,
+    edge_reserve.CASE_NAME: edge_reserve.run,
+}
