@@ -1,0 +1,12 @@
+"""Python SDK and command-line tools for stockd.
+
+``EdgeClient`` (async) and ``EdgeClientSync`` (blocking) call a site's edge
+agent; every refusal is a ``StockdError``. The ``stockctl`` command lives in
+``clients.cli``.
+"""
+
+from clients.edge import EdgeClient
+from clients.edge_sync import EdgeClientSync
+from clients.errors import StockdError
+
+__all__ = ["EdgeClient", "EdgeClientSync", "StockdError"]
