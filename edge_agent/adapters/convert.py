@@ -7,10 +7,13 @@ from google.protobuf import timestamp_pb2
 from edge_agent.domain import commands as c
 from edge_agent.domain.ledger import EdgeLedger, Reservation
 from server.domain.model import (
+    AdjustmentReason,
+    EventType,
     Item,
     LedgerEvent,
     Location,
     LocationId,
+    ReservationKind,
     Sku,
     StockStatus,
     UnitConversion,
@@ -22,6 +25,32 @@ def timestamp(ms: int) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromMilliseconds(ms)
     return stamp
+
+
+def event_from_proto(message: common_pb2.LedgerEvent) -> LedgerEvent:
+    """Inverse of event_to_proto (used by tests and tools reading the sync stream)."""
+    return LedgerEvent(
+        sequence=message.sequence,
+        hlc=message.hlc,
+        recorded_at_ms=message.recorded_at.ToMilliseconds(),
+        type=EventType(message.type),
+        sku=message.sku,
+        location_id=message.location_id,
+        status=StockStatus(message.status),
+        quantity=message.quantity,
+        reservation_id=message.reservation_id,
+        actor=message.actor,
+        reason=message.reason,
+        reason_code=AdjustmentReason(message.reason_code),
+        request_id=message.request_id,
+        variance=message.variance,
+        to_status=StockStatus(message.to_status),
+        to_location_id=message.to_location_id,
+        counterparty_site_id=message.counterparty_site_id,
+        reservation_kind=ReservationKind(message.reservation_kind),
+        reference=message.reference,
+        local_share_delta=message.local_share_delta,
+    )
 
 
 def item_from_proto(message: common_pb2.Item) -> Item:
@@ -134,6 +163,7 @@ def event_to_proto(event: LedgerEvent, site_id: str) -> common_pb2.LedgerEvent:
         counterparty_site_id=event.counterparty_site_id,
         reservation_kind=common_pb2.ReservationKind.ValueType(int(event.reservation_kind)),
         reference=event.reference,
+        local_share_delta=event.local_share_delta,
     )
 
 

@@ -46,7 +46,14 @@ def _check_request_id(request_id: str) -> None:
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
-    def __init__(self, engine: EdgeEngine, queries: LedgerQueries, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        engine: EdgeEngine,
+        queries: LedgerQueries,
+        auth: Authenticator,
+        sync_status: Callable[[], edge_pb2.GetSyncStatusResponse] | None = None,
+    ) -> None:
+        self.sync_status = sync_status
         self.engine = engine
         self.queries = queries
         self.auth = auth
@@ -394,6 +401,18 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         return edge_pb2.ListEventsResponse(
             events=[convert.event_to_proto(event, self.site_id) for event in page],
             next_page_token=paging.encode(page[-1].sequence, query) if len(found) > size else "",
+        )
+
+    @unary("GetSyncStatus", mutating=False)
+    async def GetSyncStatus(
+        self, request: edge_pb2.GetSyncStatusRequest, call: Call
+    ) -> edge_pb2.GetSyncStatusResponse:
+        if self.sync_status is not None:
+            return self.sync_status()
+        return edge_pb2.GetSyncStatusResponse(
+            site_id=self.site_id,
+            hub_configured=False,
+            last_sequence=self.engine.committed_sequence,
         )
 
     async def WatchAvailability(

@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS events (
   reference TEXT NOT NULL,
   channel TEXT NOT NULL,
   customer_tier TEXT NOT NULL,
-  expires_at_ms INTEGER NOT NULL
+  expires_at_ms INTEGER NOT NULL,
+  local_share_delta INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sku ON events (sku, sequence);
 CREATE TABLE IF NOT EXISTS balances (
@@ -78,6 +79,10 @@ CREATE TABLE IF NOT EXISTS balances (
   status INTEGER NOT NULL,
   quantity INTEGER NOT NULL CHECK (quantity >= 0),
   PRIMARY KEY (sku, location_id, status)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shares (
+  sku TEXT PRIMARY KEY,
+  local_share INTEGER NOT NULL CHECK (local_share >= 0)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
   reservation_id TEXT PRIMARY KEY,
@@ -116,13 +121,14 @@ CREATE TABLE IF NOT EXISTS requests (
 EVENT_COLUMNS = (
     "sequence, hlc, recorded_at_ms, type, sku, location_id, status, quantity, reservation_id, "
     "actor, reason, reason_code, request_id, variance, to_status, to_location_id, "
-    "counterparty_site_id, reservation_kind, reference, channel, customer_tier, expires_at_ms"
+    "counterparty_site_id, reservation_kind, reference, channel, customer_tier, expires_at_ms, "
+    "local_share_delta"
 )
-_EVENT_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+_EVENT_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join('?' * 23)})"
 
 EventRow = tuple[
     int, int, int, int, str, str, int, int, str, str, str, int, str, int, int, str, str, int,
-    str, str, str, int,
+    str, str, str, int, int,
 ]
 
 
@@ -140,11 +146,13 @@ class BatchRows:
     requests: list[tuple[str, str, bytes, bytes, int]] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     locations: list[Location] = field(default_factory=list)
+    shares: list[tuple[str, int]] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
             self.events or self.balances or self.reservations or self.requests
-            or self.items or self.locations
+            or self.items or self.locations or self.shares or self.meta
         )
 
 
@@ -155,7 +163,7 @@ def event_to_row(event: LedgerEvent) -> EventRow:
         event.actor, event.reason, int(event.reason_code), event.request_id, event.variance,
         int(event.to_status), event.to_location_id, event.counterparty_site_id,
         int(event.reservation_kind), event.reference, event.channel, event.customer_tier,
-        event.expires_at_ms,
+        event.expires_at_ms, event.local_share_delta,
     )  # fmt: skip
 
 
@@ -184,6 +192,7 @@ def row_to_event(row: tuple[object, ...] | sqlite3.Row) -> LedgerEvent:
         channel=str(values[19]),
         customer_tier=str(values[20]),
         expires_at_ms=int(values[21]),
+        local_share_delta=int(values[22]),
     )
 
 
@@ -205,9 +214,14 @@ def initialise(connection: sqlite3.Connection, site_id: str) -> None:
         raise SiteMismatchError(f"database belongs to site {row[0]!r}, not {site_id!r}")
 
 
+def read_meta(connection: sqlite3.Connection) -> dict[str, str]:
+    return {key: value for key, value in connection.execute("SELECT key, value FROM meta")}
+
+
 def load(connection: sqlite3.Connection, site_id: str) -> EdgeLedger:
     """Rebuilds in-memory state from the projection tables (not the whole log)."""
-    ledger = EdgeLedger(site_id)
+    meta = read_meta(connection)
+    ledger = EdgeLedger(site_id, hub_mode=meta.get("hub_mode") == "1")
     for sku, description, base_unit, units_json, minimum, multiple, safety, updated in (
         connection.execute("SELECT * FROM items")
     ):
@@ -225,6 +239,8 @@ def load(connection: sqlite3.Connection, site_id: str) -> EdgeLedger:
         ledger.locations[location_id] = Location(LocationId(location_id), description)
     for sku, location_id, status, quantity in connection.execute("SELECT * FROM balances"):
         ledger._move(sku, location_id, StockStatus(status), quantity)
+    for sku, local_share in connection.execute("SELECT sku, local_share FROM shares"):
+        ledger.balances.setdefault(sku, ledger.balance(sku)).local_share = local_share
     open_rows = connection.execute(
         "SELECT * FROM reservations WHERE state = ? ORDER BY created_sequence",
         (int(ReservationState.OPEN),),
@@ -333,6 +349,12 @@ def write_batch(connection: sqlite3.Connection, rows: BatchRows) -> None:
             )  # fmt: skip
         if rows.requests:
             connection.executemany("INSERT INTO requests VALUES (?, ?, ?, ?, ?)", rows.requests)
+        if rows.shares:
+            connection.executemany("INSERT OR REPLACE INTO shares VALUES (?, ?)", rows.shares)
+        if rows.meta:
+            connection.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", list(rows.meta.items())
+            )
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")

@@ -149,6 +149,30 @@ class ExpireDue:
     limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class GrantQuota:
+    """Applies a hub grant: local share grows (command from the hub)."""
+
+    sku: str
+    quantity: int
+    command_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnQuota:
+    """Returns up to `quantity` of free local share to the hub (0 returns nothing)."""
+
+    sku: str
+    quantity: int
+    reason: str = ""
+    command_sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptShares:
+    """Makes every SKU's local share explicit when a hub starts managing shares."""
+
+
 Command = (
     UpsertItem
     | UpsertLocation
@@ -161,4 +185,7 @@ Command = (
     | Pick
     | Transfer
     | ExpireDue
+    | GrantQuota
+    | ReturnQuota
+    | AdoptShares
 )

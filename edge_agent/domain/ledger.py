@@ -9,6 +9,12 @@ Escrow: the site may hold in reservations at most its local share. Without a
 hub the local share is sellable on-hand minus safety stock; safety stock never
 claws back units already reserved (they stop being promisable only as they
 free up), so `reserved <= local_share` holds at every step.
+
+With a hub (`hub_mode`), the local share is an explicit number moved only by
+ledger entries (`local_share_delta`): receipts land in it, grants from the hub
+raise it, returns lower it, and shrink is taken first from its free part
+(DESIGN, rules 1, 2 and 6). What shrink does not take from the local share is
+the deficit the hub charges to its own share.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class Balance:
     total: int = 0
     reserved_soft: int = 0
     reserved_hard: int = 0
+    local_share: int = 0
 
     @property
     def reserved(self) -> int:
@@ -130,6 +137,7 @@ class EdgeLedger:
     """In-memory state of one site's ledger; mutated only by `evolve`."""
 
     site_id: str
+    hub_mode: bool = False
     items: dict[str, Item] = field(default_factory=dict)
     locations: dict[str, Location] = field(default_factory=dict)
     balances: dict[str, Balance] = field(default_factory=dict)
@@ -154,13 +162,22 @@ class EdgeLedger:
 
     def local_share(self, sku: str) -> int:
         balance = self.balance(sku)
+        if self.hub_mode:
+            return balance.local_share
         return balance.reserved + self.available(sku)
 
     def available(self, sku: str) -> int:
         balance = self.balance(sku)
         item = self.items.get(sku)
         safety = item.safety_stock if item is not None else 0
+        if self.hub_mode:
+            return max(0, min(balance.local_share, balance.sellable - safety) - balance.reserved)
         return max(0, balance.sellable - safety - balance.reserved)
+
+    def local_free(self, sku: str) -> int:
+        """Local share not held by reservations (what may be returned to the hub)."""
+        balance = self.balance(sku)
+        return max(0, self.local_share(sku) - balance.reserved)
 
     def reservation_state(self, reservation_id: str) -> Reservation | None:
         return self.reservations.get(reservation_id) or self.dirty_reservations.get(
@@ -197,6 +214,13 @@ class EdgeLedger:
         self.last_sequence = event.sequence
         if event.hlc > self.clock.last:
             self.clock.last = event.hlc
+        if event.local_share_delta:
+            balance = self.balances.get(event.sku)
+            if balance is None:
+                balance = self.balances[event.sku] = Balance(event.sku)
+            balance.local_share += event.local_share_delta
+            assert balance.local_share >= 0, "local share below zero"
+            self.dirty_skus.add(event.sku)
         kind = event.type
         sku = event.sku
         if kind in (EventType.RECEIVED, EventType.ADJUSTED, EventType.COUNTED):
@@ -212,7 +236,7 @@ class EdgeLedger:
             self._evolve_reserved(event)
         elif kind in (EventType.RELEASED, EventType.EXPIRED, EventType.PICKED):
             self._evolve_resolved(event)
-        # Quota entries carry no balance effect until a hub manages shares.
+        # Quota entries move only the local share (applied above).
 
     def _move(self, sku: str, location_id: str, status: StockStatus, delta: int) -> None:
         balance = self.balances.get(sku)
@@ -316,6 +340,12 @@ class EdgeLedger:
             return self._stamp(self._decide_transfer(command, ctx), ctx)
         if isinstance(command, c.ExpireDue):
             return self._stamp(self._decide_expire(command, ctx), ctx)
+        if isinstance(command, c.GrantQuota):
+            return self._stamp(self._decide_grant(command, ctx), ctx)
+        if isinstance(command, c.ReturnQuota):
+            return self._stamp(self._decide_return(command, ctx), ctx)
+        if isinstance(command, c.AdoptShares):
+            return self._stamp(self._decide_adopt(ctx), ctx)
         raise TypeError(f"not a ledger command: {type(command).__name__}")
 
     def _stamp(self, drafts: list[LedgerEvent], ctx: c.Context) -> Decision:
@@ -397,17 +427,41 @@ class EdgeLedger:
             )
         return base
 
+    def _shrink_delta(self, sku: str, shrink: int, new_sellable: int) -> int:
+        """How much a loss of `shrink` sellable units lowers the local share (hub mode).
+
+        Free local share goes first; the local share also never stays above
+        what is physically there. The rest is the hub's deficit.
+        """
+        if not self.hub_mode or shrink <= 0:
+            return 0
+        balance = self.balance(sku)
+        free = max(0, balance.local_share - balance.reserved)
+        after = min(balance.local_share - min(shrink, free), max(0, new_sellable))
+        return min(0, after - balance.local_share)
+
+    def _growth_delta(self, quantity: int) -> int:
+        return quantity if self.hub_mode else 0
+
     def _shortage_releases(
-        self, sku: str, new_sellable: int, ctx: c.Context, allowed: bool
+        self,
+        sku: str,
+        new_sellable: int,
+        ctx: c.Context,
+        allowed: bool,
+        share_delta: int = 0,
     ) -> list[LedgerEvent]:
         """Releases reservations (soft first, newest first) so reserved fits the stock."""
         balance = self.balance(sku)
-        excess = balance.reserved - max(0, new_sellable)
+        limit = max(0, new_sellable)
+        if self.hub_mode:
+            limit = min(limit, balance.local_share + share_delta)
+        excess = balance.reserved - limit
         if excess <= 0:
             return []
         if not allowed:
             raise WouldBreakReservations(
-                f"the change leaves {max(0, new_sellable)} sellable units of {sku!r} but "
+                f"the change leaves room for {limit} reserved units of {sku!r} but "
                 f"{balance.reserved} are reserved; pass release_reservations to release some",
                 metadata={
                     "sku": sku,
@@ -492,6 +546,11 @@ class EdgeLedger:
                     quantity=base,
                     reference=command.reference,
                     reason=command.reason,
+                    local_share_delta=(
+                        self._growth_delta(base)
+                        if line.status in (0, StockStatus.SELLABLE)
+                        else 0
+                    ),
                 )
             )
         violations.raise_if_any()
@@ -535,6 +594,13 @@ class EdgeLedger:
             )
         if balance.total + delta > limits.ON_HAND_MAX:
             raise _too_much("quantity_delta")
+        share_delta = 0
+        if status is StockStatus.SELLABLE:
+            share_delta = (
+                self._growth_delta(delta)
+                if delta > 0
+                else self._shrink_delta(command.sku, -delta, balance.sellable + delta)
+            )
         drafts = [
             _draft(
                 EventType.ADJUSTED,
@@ -544,11 +610,16 @@ class EdgeLedger:
                 quantity=delta,
                 reason_code=AdjustmentReason(command.reason_code),
                 reason=command.reason,
+                local_share_delta=share_delta,
             )
         ]
         if status is StockStatus.SELLABLE and delta < 0:
             drafts += self._shortage_releases(
-                command.sku, balance.sellable + delta, ctx, command.release_reservations
+                command.sku,
+                balance.sellable + delta,
+                ctx,
+                command.release_reservations,
+                share_delta,
             )
         return drafts
 
@@ -583,6 +654,13 @@ class EdgeLedger:
         variance = counted - balance.bucket(location, status)
         if balance.total + variance > limits.ON_HAND_MAX:
             raise _too_much("counted_quantity")
+        share_delta = 0
+        if status is StockStatus.SELLABLE:
+            share_delta = (
+                self._growth_delta(variance)
+                if variance > 0
+                else self._shrink_delta(command.sku, -variance, balance.sellable + variance)
+            )
         drafts = [
             _draft(
                 EventType.COUNTED,
@@ -592,12 +670,13 @@ class EdgeLedger:
                 quantity=variance,
                 variance=variance,
                 reason=command.reason,
+                local_share_delta=share_delta,
             )
         ]
         if status is StockStatus.SELLABLE and variance < 0:
             # A count is physical truth: it is never refused, reservations give way.
             drafts += self._shortage_releases(
-                command.sku, balance.sellable + variance, ctx, allowed=True
+                command.sku, balance.sellable + variance, ctx, True, share_delta
             )
         return drafts, variance
 
@@ -629,6 +708,11 @@ class EdgeLedger:
                 f"cannot move {quantity}",
                 metadata={"sku": command.sku, "on_hand": str(bucket), "requested": str(quantity)},
             )
+        share_delta = 0
+        if source is StockStatus.SELLABLE:
+            share_delta = self._shrink_delta(command.sku, quantity, balance.sellable - quantity)
+        elif target is StockStatus.SELLABLE:
+            share_delta = self._growth_delta(quantity)
         drafts = [
             _draft(
                 EventType.STATUS_CHANGED,
@@ -638,11 +722,16 @@ class EdgeLedger:
                 to_status=target,
                 quantity=quantity,
                 reason=command.reason,
+                local_share_delta=share_delta,
             )
         ]
         if source is StockStatus.SELLABLE:
             drafts += self._shortage_releases(
-                command.sku, balance.sellable - quantity, ctx, command.release_reservations
+                command.sku,
+                balance.sellable - quantity,
+                ctx,
+                command.release_reservations,
+                share_delta,
             )
         return drafts
 
@@ -682,9 +771,24 @@ class EdgeLedger:
                 f"cannot transfer {quantity}",
                 metadata={"sku": command.sku, "on_hand": str(bucket), "requested": str(quantity)},
             )
+        share_delta = 0
         if target is None and status is StockStatus.SELLABLE:
-            # Stock leaving the site may not take units that are promised.
+            # Stock leaving the site may not take units that are promised, nor
+            # (with a hub) units of the hub's share.
             self._shortage_releases(command.sku, balance.sellable - quantity, ctx, allowed=False)
+            if self.hub_mode:
+                free = self.local_free(command.sku)
+                if quantity > free:
+                    raise InsufficientStock(
+                        f"{free} of {command.sku!r} is free local share; cannot transfer "
+                        f"{quantity} out of the site",
+                        metadata={
+                            "sku": command.sku,
+                            "requested": str(quantity),
+                            "available": str(free),
+                        },
+                    )
+                share_delta = -quantity
         out = _draft(
             EventType.TRANSFERRED_OUT,
             sku=command.sku,
@@ -695,6 +799,7 @@ class EdgeLedger:
             counterparty_site_id=command.to_site_id,
             reference=command.reference,
             reason=command.reason,
+            local_share_delta=share_delta,
         )
         if target is None:
             return [out]
@@ -933,6 +1038,7 @@ class EdgeLedger:
                 quantity=quantity,
                 reservation_id=reservation.reservation_id,
                 reservation_kind=reservation.kind,
+                local_share_delta=-self._growth_delta(quantity),
             )
             for (sku, location), quantity in per_bucket.items()
         ]
@@ -978,6 +1084,71 @@ class EdgeLedger:
                             reason=EXPIRY_REASON,
                         )
                     )
+        return drafts
+
+    # -- escrow shares (hub mode)
+
+    def _decide_grant(self, command: c.GrantQuota, ctx: c.Context) -> list[LedgerEvent]:
+        violations = Violations()
+        _check_sku(violations, "sku", command.sku)
+        _check_positive(violations, "quantity", command.quantity)
+        violations.raise_if_any()
+        self._item(command.sku, "sku")
+        return [
+            _draft(
+                EventType.QUOTA_GRANTED,
+                sku=command.sku,
+                quantity=command.quantity,
+                reference=f"cmd:{command.command_sequence}",
+                reason="hub_grant",
+                local_share_delta=command.quantity,
+            )
+        ]
+
+    def _decide_return(self, command: c.ReturnQuota, ctx: c.Context) -> list[LedgerEvent]:
+        violations = Violations()
+        _check_sku(violations, "sku", command.sku)
+        if command.quantity < 0:
+            violations.add("quantity", "must not be negative", "ERROR_REASON_INVALID_QUANTITY")
+        violations.raise_if_any()
+        self._item(command.sku, "sku")
+        balance = self.balance(command.sku)
+        item = self.items[command.sku]
+        # Only free share backed by sellable stock above safety stock goes back.
+        backed = max(0, min(balance.local_share, balance.sellable - item.safety_stock))
+        quantity = min(command.quantity, max(0, backed - balance.reserved))
+        if not self.hub_mode or quantity <= 0:
+            return []
+        return [
+            _draft(
+                EventType.QUOTA_RETURNED,
+                sku=command.sku,
+                quantity=quantity,
+                reference=f"cmd:{command.command_sequence}" if command.command_sequence else "",
+                reason=command.reason or "surplus_returned",
+                local_share_delta=-quantity,
+            )
+        ]
+
+    def _decide_adopt(self, ctx: c.Context) -> list[LedgerEvent]:
+        """Sets each local share to what the site could promise on its own."""
+        drafts: list[LedgerEvent] = []
+        for sku in sorted(self.balances):
+            balance = self.balances[sku]
+            item = self.items.get(sku)
+            safety = item.safety_stock if item is not None else 0
+            target = max(balance.reserved, balance.sellable - safety, 0)
+            delta = target - balance.local_share
+            if delta:
+                drafts.append(
+                    _draft(
+                        EventType.QUOTA_GRANTED if delta > 0 else EventType.QUOTA_RETURNED,
+                        sku=sku,
+                        quantity=abs(delta),
+                        reason="shares_adopted",
+                        local_share_delta=delta,
+                    )
+                )
         return drafts
 
     def prune_expiry_heap(self) -> None:

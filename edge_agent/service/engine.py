@@ -68,13 +68,15 @@ class _Stored:
 @dataclass(slots=True)
 class _Submission:
     rpc: str
-    command: c.Command | c.UpsertItem | c.UpsertLocation
+    command: c.Command | c.UpsertItem | c.UpsertLocation | None
     actor: str
     request_id: str
     fingerprint: bytes | None
     render: Render | None
     deadline: float | None
     future: asyncio.Future[bytes]
+    # Written in the same transaction as the command's entries (sync positions).
+    meta: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class EngineSettings:
     write_queue_max: int = limits.WRITE_QUEUE_MAX
     sweep_interval_seconds: float = 0.5
     request_retention_seconds: int = limits.REQUEST_RETENTION_SECONDS_DEFAULT
+    hub_mode: bool = False
 
 
 @dataclass(slots=True)
@@ -115,6 +118,10 @@ class EdgeEngine:
     _closing: bool = False
     _seen: BloomFilter = field(init=False)
     _checkpointer: SqliteWorker = field(init=False)
+    _pending_meta: dict[str, str] = field(default_factory=dict)
+    committed_sequence: int = 0
+    _committed: asyncio.Event = field(default_factory=asyncio.Event)
+    meta: dict[str, str] = field(default_factory=dict)
 
     async def start(self) -> None:
         self._worker = SqliteWorker(self.settings.db_path, auto_checkpoint=False)
@@ -124,12 +131,20 @@ class EdgeEngine:
         site_id = self.settings.site_id
         await self._worker.run(lambda conn: sqlite_ledger.initialise(conn, site_id))
         self.ledger = await self._worker.run(lambda conn: sqlite_ledger.load(conn, site_id))
+        self.meta = await self._worker.run(sqlite_ledger.read_meta)
+        self.committed_sequence = self.ledger.last_sequence
         await self._rebuild_seen()
         self._queue = asyncio.Queue(maxsize=self.settings.write_queue_max)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="edge-writer"),
             asyncio.create_task(self._sweep_loop(), name="edge-sweeper"),
         ]
+        if self.settings.hub_mode and not self.ledger.hub_mode:
+            # From now on a hub manages the shares: make each one explicit,
+            # starting from what the site could promise on its own.
+            self.ledger.hub_mode = True
+            await self.execute_internal(c.AdoptShares(), meta={"hub_mode": "1"})
+            log.info("hub_mode_enabled", site_id=site_id)
         log.info(
             "ledger_loaded",
             site_id=site_id,
@@ -210,6 +225,41 @@ class EdgeEngine:
             ) from None
         return await future
 
+    async def execute_internal(
+        self,
+        command: c.Command | c.UpsertItem | None,
+        *,
+        meta: dict[str, str] | None = None,
+        actor: str = SYSTEM_ACTOR,
+        render: Render | None = None,
+    ) -> bytes:
+        """Applies a command of the agent itself (sync, sweeper) durably.
+
+        `meta` is written in the same transaction, which is how a sync
+        high-water mark moves exactly when its effect does. With no command
+        only `meta` is written (and `render` still runs, at a consistent point).
+        """
+        if self._closing:
+            raise ShuttingDown("the agent is shutting down")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(
+            _Submission("internal", command, actor, "", None, render, None, future, meta)
+        )
+        return await future
+
+    def stage_meta(self, key: str, value: str) -> None:
+        """Writes a bookkeeping value with the next batch (not urgent, never lost twice)."""
+        self._pending_meta[key] = value
+        self.meta[key] = value
+
+    async def wait_for_commit(self, after_sequence: int, timeout_seconds: float) -> int:
+        """Waits until a batch beyond `after_sequence` is durable; returns the newest."""
+        if self.committed_sequence <= after_sequence:
+            self._committed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), timeout=timeout_seconds)
+        return self.committed_sequence
+
     async def _write_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
@@ -271,6 +321,8 @@ class EdgeEngine:
                 submission.future.set_exception(error)
                 continue
             answers.append((submission, response))
+            if submission.meta:
+                rows.meta.update(submission.meta)
             if submission.fingerprint is not None:
                 rows.requests.append(
                     (submission.request_id, submission.rpc, submission.fingerprint, response,
@@ -286,6 +338,11 @@ class EdgeEngine:
             quantity = self.ledger.balance(sku).bucket(location_id, status)
             rows.balances.append((sku, location_id, int(status), quantity))
         rows.reservations = list(reservations.values())
+        if self.ledger.hub_mode:
+            rows.shares = [(sku, self.ledger.balance(sku).local_share) for sku in skus]
+        if self._pending_meta:
+            rows.meta.update(self._pending_meta)
+            self._pending_meta = {}
         if rows:
             try:
                 await self._worker.run(lambda conn: sqlite_ledger.write_batch(conn, rows))
@@ -301,6 +358,9 @@ class EdgeEngine:
                         )
                 await self._reload()
                 return
+        self.committed_sequence = self.ledger.last_sequence
+        self.meta.update(rows.meta)
+        self._committed.set()
         for request_id in pending:
             self._seen.add(request_id)
             stored = self._cache.get(request_id)
@@ -322,6 +382,8 @@ class EdgeEngine:
     def _apply(self, submission: _Submission, now_ms: int, rows: sqlite_ledger.BatchRows) -> bytes:
         command = submission.command
         render = submission.render
+        if command is None:
+            return render(self.ledger, Decision(events=())) if render else b""
         if isinstance(command, c.UpsertItem):
             item = self.ledger.upsert_item(check_item(command.item, now_ms))
             rows.items.append(item)

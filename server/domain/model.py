@@ -134,3 +134,4 @@ class LedgerEvent:
     channel: str = ""
     customer_tier: str = ""
     expires_at_ms: int = 0
+    local_share_delta: int = 0

@@ -708,6 +708,7 @@ class LedgerEvent(_message.Message):
     COUNTERPARTY_SITE_ID_FIELD_NUMBER: _builtins.int
     RESERVATION_KIND_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    LOCAL_SHARE_DELTA_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Per-site sequence number, gapless from 1."""
     hlc: _builtins.int
@@ -750,6 +751,10 @@ class LedgerEvent(_message.Message):
     """For reservations: soft or hard."""
     reference: _builtins.str
     """Caller's reference (purchase order, order number, transfer id)."""
+    local_share_delta: _builtins.int
+    """Change of the site's local share (escrow) caused by the entry, when a hub
+    manages shares; 0 otherwise.
+    """
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """Wall-clock time the entry was recorded."""
@@ -777,10 +782,11 @@ class LedgerEvent(_message.Message):
         counterparty_site_id: _builtins.str = ...,
         reservation_kind: Global___ReservationKind.ValueType = ...,
         reference: _builtins.str = ...,
+        local_share_delta: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "counterparty_site_id", b"counterparty_site_id", "hlc", b"hlc", "location_id", b"location_id", "quantity", b"quantity", "reason", b"reason", "reason_code", b"reason_code", "recorded_at", b"recorded_at", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "reservation_kind", b"reservation_kind", "sequence", b"sequence", "site_id", b"site_id", "sku", b"sku", "status", b"status", "to_location_id", b"to_location_id", "to_status", b"to_status", "type", b"type", "variance", b"variance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "counterparty_site_id", b"counterparty_site_id", "hlc", b"hlc", "local_share_delta", b"local_share_delta", "location_id", b"location_id", "quantity", b"quantity", "reason", b"reason", "reason_code", b"reason_code", "recorded_at", b"recorded_at", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "reservation_kind", b"reservation_kind", "sequence", b"sequence", "site_id", b"site_id", "sku", b"sku", "status", b"status", "to_location_id", b"to_location_id", "to_status", b"to_status", "type", b"type", "variance", b"variance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1382,3 +1382,76 @@ class WatchAvailabilityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAvailabilityResponse: _TypeAlias = WatchAvailabilityResponse  # noqa: Y015
+
+@_typing.final
+class GetSyncStatusRequest(_message.Message):
+    """GetSyncStatusRequest has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSyncStatusRequest: _TypeAlias = GetSyncStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetSyncStatusResponse(_message.Message):
+    """GetSyncStatusResponse is the agent's sync state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    HUB_CONFIGURED_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    BACKLOG_EVENTS_FIELD_NUMBER: _builtins.int
+    APPLIED_COMMAND_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ACKNOWLEDGED_AT_FIELD_NUMBER: _builtins.int
+    site_id: _builtins.str
+    """The site."""
+    hub_configured: _builtins.bool
+    """True when a hub is configured (escrow shares are managed by the hub)."""
+    connected: _builtins.bool
+    """True while the agent is connected to NATS."""
+    last_sequence: _builtins.int
+    """Newest ledger sequence."""
+    acknowledged_sequence: _builtins.int
+    """Newest sequence acknowledged by JetStream (durable on the bus)."""
+    backlog_events: _builtins.int
+    """Ledger entries not yet acknowledged."""
+    applied_command_sequence: _builtins.int
+    """Newest hub command applied."""
+    last_error: _builtins.str
+    """The last publish or connection error, if any."""
+    @_builtins.property
+    def last_acknowledged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the last acknowledgement arrived."""
+
+    def __init__(
+        self,
+        *,
+        site_id: _builtins.str = ...,
+        hub_configured: _builtins.bool = ...,
+        connected: _builtins.bool = ...,
+        last_sequence: _builtins.int = ...,
+        acknowledged_sequence: _builtins.int = ...,
+        backlog_events: _builtins.int = ...,
+        applied_command_sequence: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_acknowledged_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_acknowledged_at", b"last_acknowledged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_sequence", b"acknowledged_sequence", "applied_command_sequence", b"applied_command_sequence", "backlog_events", b"backlog_events", "connected", b"connected", "hub_configured", b"hub_configured", "last_acknowledged_at", b"last_acknowledged_at", "last_error", b"last_error", "last_sequence", b"last_sequence", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSyncStatusResponse: _TypeAlias = GetSyncStatusResponse  # noqa: Y015

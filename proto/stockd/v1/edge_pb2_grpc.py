@@ -132,6 +132,11 @@ class EdgeInventoryServiceStub:
                 request_serializer=stockd_dot_v1_dot_edge__pb2.WatchAvailabilityRequest.SerializeToString,
                 response_deserializer=stockd_dot_v1_dot_edge__pb2.WatchAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.GetSyncStatus = channel.unary_unary(
+                '/stockd.v1.EdgeInventoryService/GetSyncStatus',
+                request_serializer=stockd_dot_v1_dot_edge__pb2.GetSyncStatusRequest.SerializeToString,
+                response_deserializer=stockd_dot_v1_dot_edge__pb2.GetSyncStatusResponse.FromString,
+                _registered_method=True)
 
 
 class EdgeInventoryServiceServicer:
@@ -275,6 +280,14 @@ class EdgeInventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSyncStatus(self, request, context):
+        """Reports the agent's sync with the hub: what has been shipped, what is
+        waiting, whether NATS is reachable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeInventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -367,6 +380,11 @@ def add_EdgeInventoryServiceServicer_to_server(servicer, server):
                     servicer.WatchAvailability,
                     request_deserializer=stockd_dot_v1_dot_edge__pb2.WatchAvailabilityRequest.FromString,
                     response_serializer=stockd_dot_v1_dot_edge__pb2.WatchAvailabilityResponse.SerializeToString,
+            ),
+            'GetSyncStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSyncStatus,
+                    request_deserializer=stockd_dot_v1_dot_edge__pb2.GetSyncStatusRequest.FromString,
+                    response_serializer=stockd_dot_v1_dot_edge__pb2.GetSyncStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -863,6 +881,33 @@ class EdgeInventoryService:
             '/stockd.v1.EdgeInventoryService/WatchAvailability',
             stockd_dot_v1_dot_edge__pb2.WatchAvailabilityRequest.SerializeToString,
             stockd_dot_v1_dot_edge__pb2.WatchAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSyncStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockd.v1.EdgeInventoryService/GetSyncStatus',
+            stockd_dot_v1_dot_edge__pb2.GetSyncStatusRequest.SerializeToString,
+            stockd_dot_v1_dot_edge__pb2.GetSyncStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

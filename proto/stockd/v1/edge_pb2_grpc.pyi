@@ -85,6 +85,10 @@ class EdgeInventoryServiceStub:
     """Streams balance changes: first the current balance of each matching SKU,
     then one message per change after it is durable.
     """
+    GetSyncStatus: _grpc.UnaryUnaryMultiCallable[_edge_pb2.GetSyncStatusRequest, _edge_pb2.GetSyncStatusResponse]
+    """Reports the agent's sync with the hub: what has been shipped, what is
+    waiting, whether NATS is reachable.
+    """
 
 @_typing.type_check_only
 class EdgeInventoryServiceAsyncStub(EdgeInventoryServiceStub):
@@ -142,6 +146,10 @@ class EdgeInventoryServiceAsyncStub(EdgeInventoryServiceStub):
     WatchAvailability: _aio.UnaryStreamMultiCallable[_edge_pb2.WatchAvailabilityRequest, _edge_pb2.WatchAvailabilityResponse]  # type: ignore[assignment]
     """Streams balance changes: first the current balance of each matching SKU,
     then one message per change after it is durable.
+    """
+    GetSyncStatus: _aio.UnaryUnaryMultiCallable[_edge_pb2.GetSyncStatusRequest, _edge_pb2.GetSyncStatusResponse]  # type: ignore[assignment]
+    """Reports the agent's sync with the hub: what has been shipped, what is
+    waiting, whether NATS is reachable.
     """
 
 class EdgeInventoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -305,6 +313,16 @@ class EdgeInventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_edge_pb2.WatchAvailabilityResponse], _abc.AsyncIterator[_edge_pb2.WatchAvailabilityResponse]]:
         """Streams balance changes: first the current balance of each matching SKU,
         then one message per change after it is durable.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSyncStatus(
+        self,
+        request: _edge_pb2.GetSyncStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_pb2.GetSyncStatusResponse, _abc.Awaitable[_edge_pb2.GetSyncStatusResponse]]:
+        """Reports the agent's sync with the hub: what has been shipped, what is
+        waiting, whether NATS is reachable.
         """
 
 def add_EdgeInventoryServiceServicer_to_server(servicer: EdgeInventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
