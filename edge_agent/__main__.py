@@ -13,6 +13,7 @@ import uvloop
 
 from edge_agent import settings as edge_settings
 from edge_agent.adapters.grpc_servicer import SERVICE_NAME, EdgeServicer, register
+from edge_agent.adapters.nats_sync import EdgeSync, SyncSettings
 from edge_agent.adapters.sqlite_queries import LedgerQueries
 from edge_agent.service.engine import EdgeEngine, EngineSettings
 from server.runtime.auth import Authenticator
@@ -34,6 +35,7 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
             write_queue_max=config.write_queue_max,
             sweep_interval_seconds=config.sweep_interval_seconds,
             request_retention_seconds=config.request_retention_seconds,
+            hub_mode=bool(config.nats_url),
         )
     )
     await engine.start()
@@ -42,7 +44,21 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
     auth = Authenticator(config.tokens)
     if not auth.enabled:
         log.warning("auth_disabled", hint="set [tokens] in the config file or STOCKD_TOKENS")
-    servicer = EdgeServicer(engine, queries, auth)
+    sync: EdgeSync | None = None
+    if config.nats_url:
+        sync = EdgeSync(
+            engine,
+            queries,
+            SyncSettings(
+                nats_url=config.nats_url,
+                checksum_interval_seconds=config.checksum_interval_seconds,
+                quota_low_water=config.quota_low_water,
+                quota_high_water=config.quota_high_water,
+                replicas=config.nats_replicas,
+            ),
+        )
+        await sync.start()
+    servicer = EdgeServicer(engine, queries, auth, sync.status if sync is not None else None)
     server = GrpcServer(
         config.listen,
         lambda s: register(s, servicer),
@@ -61,6 +77,8 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
         log.info("server_stopping")
         await server.stop()
     finally:
+        if sync is not None:
+            await sync.close()
         await engine.close()
         await queries.close()
         log.info("server_stopped")

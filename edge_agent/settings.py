@@ -29,6 +29,11 @@ class EdgeSettings:
     commands_per_batch_max: int = limits.COMMANDS_PER_BATCH_MAX
     write_queue_max: int = limits.WRITE_QUEUE_MAX
     request_retention_seconds: int = limits.REQUEST_RETENTION_SECONDS_DEFAULT
+    nats_url: str = ""
+    checksum_interval_seconds: float = 10.0
+    quota_low_water: int = 0
+    quota_high_water: int = 0
+    nats_replicas: int = 1
 
 
 def parse_tokens(text: str) -> dict[str, str]:
@@ -51,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", help="host:port to serve gRPC on (env STOCKD_LISTEN)")
     parser.add_argument("--config", help="TOML config file (env STOCKD_CONFIG)")
     parser.add_argument("--port-file", help="write the bound port here once serving")
+    parser.add_argument(
+        "--nats", help="NATS URL of the hub's bus; enables sync and hub-managed shares"
+    )
     parser.add_argument("--log-level", help="debug, info, warning, error")
     parser.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     return parser
@@ -83,6 +91,7 @@ def load(
     if "STOCKD_TOKENS" in env:
         tokens.update(parse_tokens(env["STOCKD_TOKENS"]))
     port_file = pick(args.port_file, "STOCKD_PORT_FILE", "port_file")
+    sync = dict(file.get("sync", {}))
     return EdgeSettings(
         site_id=str(site_id),
         db_path=Path(db),
@@ -99,4 +108,9 @@ def load(
         request_retention_seconds=int(
             file.get("request_retention_seconds", limits.REQUEST_RETENTION_SECONDS_DEFAULT)
         ),
+        nats_url=str(pick(args.nats, "STOCKD_NATS", "nats", "") or ""),
+        checksum_interval_seconds=float(sync.get("checksum_interval_seconds", 10.0)),
+        quota_low_water=int(sync.get("quota_low_water", 0)),
+        quota_high_water=int(sync.get("quota_high_water", 0)),
+        nats_replicas=int(sync.get("replicas", 1)),
     )

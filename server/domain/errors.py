@@ -79,6 +79,10 @@ class UnknownReservation(NotFound):
     reason = "ERROR_REASON_UNKNOWN_RESERVATION"
 
 
+class UnknownSite(NotFound):
+    reason = "ERROR_REASON_UNKNOWN_SITE"
+
+
 class FailedPrecondition(StockdError):
     code = "FAILED_PRECONDITION"
 
@@ -165,6 +169,7 @@ ALL_ERRORS: tuple[type[StockdError], ...] = (
     UnknownSku,
     UnknownLocation,
     UnknownReservation,
+    UnknownSite,
     InsufficientStock,
     InsufficientOnHand,
     ReservationClosed,

@@ -293,6 +293,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Reducing on-hand would leave less than is reserved and the call did
     not allow releasing reservations (FAILED_PRECONDITION).
     """
+    ERROR_REASON_UNKNOWN_SITE: _ErrorReason.ValueType  # 22
+    """The hub has never heard from the site (NOT_FOUND)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in the ErrorInfo of
@@ -358,6 +360,8 @@ ERROR_REASON_WOULD_BREAK_RESERVATIONS: ErrorReason.ValueType  # 21
 """Reducing on-hand would leave less than is reserved and the call did
 not allow releasing reservations (FAILED_PRECONDITION).
 """
+ERROR_REASON_UNKNOWN_SITE: ErrorReason.ValueType  # 22
+"""The hub has never heard from the site (NOT_FOUND)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,216 @@
+"""Hub use cases: ingest sync messages, answer from the view, move escrow shares.
+
+All writes are serialised by one lock and each is one SQLite transaction; the
+view in memory is what reads answer from (never the database on the request
+path). If a commit fails the view is reloaded from the database, which rolled
+back, and the messages are not acknowledged, so NATS redelivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from hub.adapters import sqlite_store
+from hub.domain.incoming import ChecksumIn, EventsIn, Incoming, QuotaRequestIn, Rejected
+from hub.domain.view import Command, HubView, SiteBalance
+from server.domain.errors import RequestIdReused
+from server.storage.sqlite import SqliteWorker
+
+log = structlog.get_logger("stockd.hub.engine")
+
+REPLAY_REQUEST_INTERVAL_MS = 10_000
+
+Encoder = Callable[[Command, int], bytes]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class HubStats:
+    messages: int = 0
+    events_applied: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    rejected: int = 0
+    checksums_matched: int = 0
+    drift: int = 0
+
+
+@dataclass
+class HubEngine:
+    db_path: Path
+    encode: Encoder
+    clock: Callable[[], int] = wall_clock_ms
+    view: HubView = field(init=False)
+    stats: HubStats = field(default_factory=HubStats)
+    _worker: SqliteWorker = field(init=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _replay_asked_ms: dict[str, int] = field(default_factory=dict)
+    commands_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        self._worker = SqliteWorker(self.db_path, "hub-writer")
+        await self._worker.open()
+        await self._worker.run(sqlite_store.initialise)
+        self.view = await self._worker.run(sqlite_store.load)
+        self.commands_ready.set()
+        log.info(
+            "hub_view_loaded",
+            sites=len(self.view.sites),
+            balances=len(self.view.balances),
+        )
+
+    async def close(self) -> None:
+        await self._worker.close()
+
+    async def ingest(self, messages: Sequence[Incoming]) -> list[Rejected | None]:
+        """Applies a fetched batch in one transaction; returns per message None or why
+        it must be dead-lettered."""
+        async with self._lock:
+            now_ms = self.clock()
+            outcomes: list[Rejected | None] = []
+            drift: list[tuple[str, int, int, str]] = []
+            for message in messages:
+                self.stats.messages += 1
+                if isinstance(message, Rejected):
+                    self.stats.rejected += 1
+                    outcomes.append(message)
+                    continue
+                if isinstance(message, EventsIn):
+                    outcome = self.view.apply_batch(message.site_id, message.events, now_ms)
+                    self.stats.events_applied += outcome.applied
+                    self.stats.duplicates += outcome.duplicates
+                    if outcome.gap_from is not None:
+                        self.stats.gaps += 1
+                        self._ask_replay(message.site_id, outcome.gap_from, now_ms, "gap")
+                elif isinstance(message, ChecksumIn):
+                    result = self.view.check_checksum(
+                        message.site_id, message.as_of_sequence, message.sku_count, message.digest
+                    )
+                    if result == "match":
+                        self.stats.checksums_matched += 1
+                    elif result == "drift":
+                        self.stats.drift += 1
+                        drift.append((message.site_id, message.as_of_sequence, now_ms, "drift"))
+                        log.warning(
+                            "drift_detected",
+                            site_id=message.site_id,
+                            as_of_sequence=message.as_of_sequence,
+                        )
+                elif isinstance(message, QuotaRequestIn):
+                    balance = self.view.balances.get((message.site_id, message.sku))
+                    if balance is not None and balance.hub_share > 0:
+                        quantity = min(message.quantity, balance.hub_share)
+                        self.view.grant(message.site_id, message.sku, quantity)
+                        log.info(
+                            "quota_granted_on_request",
+                            site_id=message.site_id,
+                            sku=message.sku,
+                            quantity=quantity,
+                        )
+                outcomes.append(None)
+            await self._commit(now_ms, drift=drift)
+            return outcomes
+
+    def _ask_replay(self, site_id: str, from_sequence: int, now_ms: int, reason: str) -> None:
+        if now_ms - self._replay_asked_ms.get(site_id, 0) < REPLAY_REQUEST_INTERVAL_MS:
+            return
+        self._replay_asked_ms[site_id] = now_ms
+        self.view._command(site_id, "replay_request", from_sequence=from_sequence, reason=reason)
+        log.warning("sync_gap", site_id=site_id, from_sequence=from_sequence)
+
+    async def _commit(
+        self,
+        now_ms: int,
+        *,
+        requests: list[tuple[str, str, bytes, bytes, int]] | None = None,
+        drift: list[tuple[str, int, int, str]] | None = None,
+    ) -> None:
+        sites, balances, commands, settled = self.view.drain()
+        rows = sqlite_store.HubRows(
+            sites=[self.view.sites[site] for site in sites],
+            balances=[self.view.balances[key] for key in balances],
+            commands=[(command, self.encode(command, now_ms), now_ms) for command in commands],
+            grants_added=[
+                (command.site_id, command.command_sequence, command.sku, command.quantity)
+                for command in commands
+                if command.kind == "quota_grant"
+            ],
+            grants_settled=sorted(settled),
+            requests=requests or [],
+            drift=drift or [],
+        )
+        try:
+            await self._worker.run(lambda conn: sqlite_store.write(conn, rows))
+        except Exception:
+            log.exception("hub_commit_failed")
+            self.view = await self._worker.run(sqlite_store.load)
+            raise
+        if commands:
+            self.commands_ready.set()
+
+    # ----- admin: escrow shares ----------------------------------------------
+
+    async def grant(
+        self, request_id: str, payload: bytes, site_id: str, sku: str, quantity: int,
+        render: Callable[[Command, SiteBalance], bytes],
+    ) -> bytes:  # fmt: skip
+        return await self._idempotent(
+            "GrantQuota",
+            request_id,
+            payload,
+            lambda: self._render_grant(self.view.grant(site_id, sku, quantity), render),
+        )
+
+    def _render_grant(
+        self, command: Command, render: Callable[[Command, SiteBalance], bytes]
+    ) -> bytes:
+        return render(command, self.view.balances[(command.site_id, command.sku)])
+
+    async def recall(
+        self, request_id: str, payload: bytes, site_id: str, sku: str, quantity: int,
+        render: Callable[[Command], bytes],
+    ) -> bytes:  # fmt: skip
+        return await self._idempotent(
+            "RecallQuota",
+            request_id,
+            payload,
+            lambda: render(self.view.recall(site_id, sku, quantity)),
+        )
+
+    async def _idempotent(
+        self, rpc: str, request_id: str, payload: bytes, action: Callable[[], bytes]
+    ) -> bytes:
+        digest = hashlib.sha256(rpc.encode() + b"\0" + payload).digest()
+        async with self._lock:
+            stored = await self._worker.run(
+                lambda conn: sqlite_store.lookup_request(conn, request_id)
+            )
+            if stored is not None:
+                if stored[0] != digest:
+                    raise RequestIdReused(
+                        f"request_id {request_id!r} was used before with a different request",
+                        metadata={"request_id": request_id},
+                    )
+                return stored[1]
+            now_ms = self.clock()
+            response = action()
+            await self._commit(now_ms, requests=[(request_id, rpc, digest, response, now_ms)])
+            return response
+
+    # ----- command outbox --------------------------------------------------------
+
+    async def unpublished_commands(self, limit: int) -> list[tuple[str, int, bytes]]:
+        return await self._worker.run(lambda conn: sqlite_store.unpublished_commands(conn, limit))
+
+    async def mark_published(self, keys: list[tuple[str, int]]) -> None:
+        await self._worker.run(lambda conn: sqlite_store.mark_published(conn, keys))

@@ -1,0 +1,67 @@
+"""The hub's settings: flag > environment (STOCKD_*) > config file > default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    db_path: Path
+    nats_url: str
+    listen: str = "127.0.0.1:7500"
+    port_file: Path | None = None
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    log_level: str = "info"
+    log_json: bool | None = None
+    nats_replicas: int = 1
+
+
+def load(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> HubSettings:
+    parser = argparse.ArgumentParser(prog="stockd hub", description="Run the stockd hub.")
+    parser.add_argument("--db", help="SQLite path of the hub's view (env STOCKD_DB)")
+    parser.add_argument("--nats", help="NATS URL (env STOCKD_NATS)")
+    parser.add_argument("--listen", help="host:port to serve gRPC on (env STOCKD_LISTEN)")
+    parser.add_argument("--config", help="TOML config file (env STOCKD_CONFIG)")
+    parser.add_argument("--port-file", help="write the bound port here once serving")
+    parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    args = parser.parse_args(argv)
+    env = os.environ if environ is None else environ
+    config_path = args.config or env.get("STOCKD_CONFIG")
+    file: dict[str, Any] = {}
+    if config_path:
+        with open(config_path, "rb") as handle:
+            file = tomllib.load(handle)
+        file = {**file, **file.get("hub", {})}
+
+    def pick(flag: object, env_key: str, file_key: str, default: Any = None) -> Any:
+        if flag is not None:
+            return flag
+        if env_key in env:
+            return env[env_key]
+        return file.get(file_key, default)
+
+    db = pick(args.db, "STOCKD_DB", "db")
+    nats_url = pick(args.nats, "STOCKD_NATS", "nats")
+    if not db or not nats_url:
+        raise SystemExit("stockd hub: --db and --nats are required (or STOCKD_DB/STOCKD_NATS)")
+    port_file = pick(args.port_file, "STOCKD_PORT_FILE", "port_file")
+    return HubSettings(
+        db_path=Path(db),
+        nats_url=str(nats_url),
+        listen=str(pick(args.listen, "STOCKD_LISTEN", "listen", "127.0.0.1:7500")),
+        port_file=Path(port_file) if port_file else None,
+        tokens=dict(file.get("tokens", {})),
+        log_level=str(pick(args.log_level, "STOCKD_LOG_LEVEL", "log_level", "info")),
+        log_json=args.log_json,
+        nats_replicas=int(file.get("sync", {}).get("replicas", 1)),
+    )
