@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from edge_agent.domain import commands as c
 from server.domain import limits
@@ -312,30 +312,31 @@ class EdgeLedger:
     def decide(self, command: c.Command, ctx: c.Context) -> Decision:
         """Validates `command` and returns the entries it writes (state untouched)."""
         drafts: list[LedgerEvent]
+        if isinstance(command, c.Reserve):
+            drafts, shortfalls = self._decide_reserve(command, ctx)
+            return self._stamp(
+                drafts,
+                ctx,
+                reservation_id=command.reservation_id if drafts else "",
+                shortfalls=shortfalls,
+            )
         if isinstance(command, c.Receive):
-            drafts = self._decide_receive(command, ctx)
-            return self._stamp(drafts, ctx)
+            return self._stamp(self._decide_receive(command, ctx), ctx)
         if isinstance(command, c.Adjust):
             return self._stamp(self._decide_adjust(command, ctx), ctx)
         if isinstance(command, c.RecordCount):
             drafts, variance = self._decide_count(command, ctx)
-            return replace(self._stamp(drafts, ctx), variance=variance)
+            return self._stamp(drafts, ctx, variance=variance)
         if isinstance(command, c.ChangeStatus):
             return self._stamp(self._decide_change_status(command, ctx), ctx)
-        if isinstance(command, c.Reserve):
-            drafts, shortfalls = self._decide_reserve(command, ctx)
-            decision = self._stamp(drafts, ctx)
-            return replace(
-                decision,
-                reservation_id=command.reservation_id if drafts else "",
-                shortfalls=shortfalls,
-            )
         if isinstance(command, c.Release):
-            decision = self._stamp(self._decide_release(command, ctx), ctx)
-            return replace(decision, reservation_id=command.reservation_id)
+            return self._stamp(
+                self._decide_release(command, ctx), ctx, reservation_id=command.reservation_id
+            )
         if isinstance(command, c.Pick):
-            decision = self._stamp(self._decide_pick(command, ctx), ctx)
-            return replace(decision, reservation_id=command.reservation_id)
+            return self._stamp(
+                self._decide_pick(command, ctx), ctx, reservation_id=command.reservation_id
+            )
         if isinstance(command, c.Transfer):
             return self._stamp(self._decide_transfer(command, ctx), ctx)
         if isinstance(command, c.ExpireDue):
@@ -348,21 +349,40 @@ class EdgeLedger:
             return self._stamp(self._decide_adopt(ctx), ctx)
         raise TypeError(f"not a ledger command: {type(command).__name__}")
 
-    def _stamp(self, drafts: list[LedgerEvent], ctx: c.Context) -> Decision:
+    def _stamp(
+        self,
+        drafts: list[LedgerEvent],
+        ctx: c.Context,
+        *,
+        reservation_id: str = "",
+        shortfalls: tuple[tuple[str, int, int], ...] = (),
+        variance: int = 0,
+    ) -> Decision:
+        """Numbers and timestamps the drafts.
+
+        Drafts are fresh objects private to this decision, so they are filled
+        in place (bypassing `frozen`) rather than copied: this runs once per
+        ledger entry on the hot path.
+        """
         clock = HybridClock(self.clock.last)
-        events = tuple(
-            replace(
-                draft,
-                sequence=self.last_sequence + index + 1,
-                hlc=clock.tick(ctx.now_ms),
-                recorded_at_ms=ctx.now_ms,
-                actor=draft.actor or ctx.actor,
-                request_id=draft.request_id or ctx.request_id,
-            )
-            for index, draft in enumerate(drafts)
+        sequence = self.last_sequence
+        for draft in drafts:
+            sequence += 1
+            _fill(draft, "sequence", sequence)
+            _fill(draft, "hlc", clock.tick(ctx.now_ms))
+            _fill(draft, "recorded_at_ms", ctx.now_ms)
+            if not draft.actor:
+                _fill(draft, "actor", ctx.actor)
+            if not draft.request_id:
+                _fill(draft, "request_id", ctx.request_id)
+        skus = tuple(dict.fromkeys(draft.sku for draft in drafts if draft.sku))
+        return Decision(
+            events=tuple(drafts),
+            reservation_id=reservation_id,
+            shortfalls=shortfalls,
+            variance=variance,
+            skus=skus,
         )
-        skus = tuple(dict.fromkeys(event.sku for event in events if event.sku))
-        return Decision(events=events, skus=skus)
 
     # -- shared validation
 
@@ -1170,6 +1190,9 @@ def replay(site_id: str, items: Iterable[Item], events: Iterable[LedgerEvent]) -
         ledger.evolve(event)
     ledger.drain_dirty()
     return ledger
+
+
+_fill = object.__setattr__
 
 
 def _draft(event_type: EventType, **fields: object) -> LedgerEvent:

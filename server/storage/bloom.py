@@ -7,12 +7,11 @@ them and sends only possible repeats to the database.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 
 class BloomFilter:
-    def __init__(self, capacity: int, false_positive_rate: float = 0.001) -> None:
+    def __init__(self, capacity: int, false_positive_rate: float = 0.01) -> None:
         assert capacity > 0
         assert 0 < false_positive_rate < 1
         bits = math.ceil(-capacity * math.log(false_positive_rate) / (math.log(2) ** 2))
@@ -22,10 +21,13 @@ class BloomFilter:
         self.count = 0
 
     def _positions(self, key: str) -> list[int]:
-        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
-        first = int.from_bytes(digest[:8], "little")
-        second = int.from_bytes(digest[8:], "little") | 1
-        return [(first + index * second) % self._size for index in range(self._hashes)]
+        # Python's own string hash is enough: the filter lives in one process
+        # and is rebuilt from the database at start, so per-process hash
+        # randomisation does no harm, and it costs far less than a digest.
+        first = hash(key)
+        second = hash((key, 0x9E3779B9)) | 1
+        size = self._size
+        return [(first + index * second) % size for index in range(self._hashes)]
 
     def add(self, key: str) -> None:
         for position in self._positions(key):
