@@ -75,6 +75,7 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
         await stop.wait()
         summary.cancel()
         log.info("server_stopping")
+        servicer.close_streams()
         await server.stop()
     finally:
         if sync is not None:

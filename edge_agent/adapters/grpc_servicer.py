@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -33,6 +33,8 @@ from stockd.v1 import common_pb2, edge_pb2, edge_pb2_grpc
 
 log = structlog.get_logger("stockd.edge.rpc")
 
+T = TypeVar("T")
+
 
 def _check_request_id(request_id: str) -> None:
     violations = Violations()
@@ -58,7 +60,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         self.queries = queries
         self.auth = auth
         self.site_id = engine.settings.site_id
-        self._watchers = 0
+        self._watch_queues: set[asyncio.Queue[edge_pb2.WatchAvailabilityResponse | None]] = set()
         self.rpc_counts: Counter[tuple[str, str]] = Counter()
 
     @property
@@ -104,7 +106,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
     async def GetItem(
         self, request: edge_pb2.GetItemRequest, call: Call
     ) -> edge_pb2.GetItemResponse:
-        item = self.ledger.items.get(request.sku)
+        item = await self.engine.consistent_read(lambda ledger: ledger.items.get(request.sku))
         if item is None:
             raise UnknownSku(f"unknown SKU {request.sku!r}", metadata={"sku": request.sku})
         return edge_pb2.GetItemResponse(item=convert.item_to_proto(item))
@@ -115,14 +117,18 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
     ) -> edge_pb2.ListItemsResponse:
         size = paging.page_size(request.page_size)
         after = paging.decode(request.page_token, "items")
-        skus = sorted(self.ledger.items)
-        if isinstance(after, str):
-            skus = [sku for sku in skus if sku > after]
-        page = skus[:size]
-        return edge_pb2.ListItemsResponse(
-            items=[convert.item_to_proto(self.ledger.items[sku]) for sku in page],
-            next_page_token=paging.encode(page[-1], "items") if len(skus) > size else "",
-        )
+
+        def read(ledger: EdgeLedger) -> edge_pb2.ListItemsResponse:
+            skus = sorted(ledger.items)
+            if isinstance(after, str):
+                skus = [sku for sku in skus if sku > after]
+            page = skus[:size]
+            return edge_pb2.ListItemsResponse(
+                items=[convert.item_to_proto(ledger.items[sku]) for sku in page],
+                next_page_token=paging.encode(page[-1], "items") if len(skus) > size else "",
+            )
+
+        return await self.engine.consistent_read(read)
 
     @unary("UpsertLocation", mutating=True)
     async def UpsertLocation(self, request: edge_pb2.UpsertLocationRequest, call: Call) -> bytes:
@@ -141,14 +147,18 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
     ) -> edge_pb2.ListLocationsResponse:
         size = paging.page_size(request.page_size)
         after = paging.decode(request.page_token, "locations")
-        ids = sorted(self.ledger.locations)
-        if isinstance(after, str):
-            ids = [location for location in ids if location > after]
-        page = ids[:size]
-        return edge_pb2.ListLocationsResponse(
-            locations=[convert.location_to_proto(self.ledger.locations[i]) for i in page],
-            next_page_token=paging.encode(page[-1], "locations") if len(ids) > size else "",
-        )
+
+        def read(ledger: EdgeLedger) -> edge_pb2.ListLocationsResponse:
+            ids = sorted(ledger.locations)
+            if isinstance(after, str):
+                ids = [location for location in ids if location > after]
+            page = ids[:size]
+            return edge_pb2.ListLocationsResponse(
+                locations=[convert.location_to_proto(ledger.locations[i]) for i in page],
+                next_page_token=paging.encode(page[-1], "locations") if len(ids) > size else "",
+            )
+
+        return await self.engine.consistent_read(read)
 
     # ----- stock movements -------------------------------------------------
 
@@ -290,7 +300,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
 
     # ----- reads -------------------------------------------------------------
 
-    def _check_skus(self, skus: list[str], path: str = "skus") -> None:
+    def _check_skus(
+        self, skus: list[str], path: str = "skus", ledger: EdgeLedger | None = None
+    ) -> None:
         violations = Violations()
         if len(skus) > limits.SKUS_PER_QUERY_MAX:
             violations.add(
@@ -302,8 +314,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
             if not sku:
                 violations.add(f"{path}[{index}]", "must not be empty")
         violations.raise_if_any()
+        items = (ledger or self.ledger).items
         for index, sku in enumerate(skus):
-            if sku not in self.ledger.items:
+            if sku not in items:
                 raise UnknownSku(
                     f"unknown SKU {sku!r} ({path}[{index}])",
                     metadata={"sku": sku, "field": f"{path}[{index}]"},
@@ -313,33 +326,59 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
     async def GetAvailability(
         self, request: edge_pb2.GetAvailabilityRequest, call: Call
     ) -> edge_pb2.GetAvailabilityResponse:
-        ledger = self.ledger
         if request.skus:
             skus = list(request.skus)
             self._check_skus(skus)
-            return edge_pb2.GetAvailabilityResponse(
-                availability=[convert.availability(ledger, sku) for sku in skus],
-                as_of_sequence=ledger.last_sequence,
-            )
+
+            def read_named(ledger: EdgeLedger) -> edge_pb2.GetAvailabilityResponse:
+                self._check_skus(skus, ledger=ledger)
+                return edge_pb2.GetAvailabilityResponse(
+                    availability=[convert.availability(ledger, sku) for sku in skus],
+                    as_of_sequence=ledger.last_sequence,
+                )
+
+            return await self._read(read_named)
         size = paging.page_size(request.page_size)
         after = paging.decode(request.page_token, "availability")
-        every = sorted(ledger.items)
-        if isinstance(after, str):
-            every = [sku for sku in every if sku > after]
-        page = every[:size]
-        return edge_pb2.GetAvailabilityResponse(
-            availability=[convert.availability(ledger, sku) for sku in page],
-            next_page_token=paging.encode(page[-1], "availability") if len(every) > size else "",
-            as_of_sequence=ledger.last_sequence,
-        )
+
+        def read_page(ledger: EdgeLedger) -> edge_pb2.GetAvailabilityResponse:
+            every = sorted(ledger.items)
+            if isinstance(after, str):
+                every = [sku for sku in every if sku > after]
+            page = every[:size]
+            return edge_pb2.GetAvailabilityResponse(
+                availability=[convert.availability(ledger, sku) for sku in page],
+                next_page_token=(
+                    paging.encode(page[-1], "availability") if len(every) > size else ""
+                ),
+                as_of_sequence=ledger.last_sequence,
+            )
+
+        return await self.engine.consistent_read(read_page)
+
+    async def _read(self, read: Callable[[EdgeLedger], T]) -> T:
+        """A consistent read whose own domain errors (raised inside) reach the caller."""
+        failure: list[StockdError] = []
+
+        def guarded(ledger: EdgeLedger) -> T | None:
+            try:
+                return read(ledger)
+            except StockdError as error:
+                failure.append(error)
+                return None
+
+        result = await self.engine.consistent_read(guarded)
+        if failure:
+            raise failure[0]
+        assert result is not None
+        return result
 
     @unary("GetReservation", mutating=False)
     async def GetReservation(
         self, request: edge_pb2.GetReservationRequest, call: Call
     ) -> edge_pb2.GetReservationResponse:
-        reservation = self.ledger.reservations.get(request.reservation_id)
-        if reservation is None:
-            reservation = await self.queries.get_reservation(request.reservation_id)
+        # The database holds every committed reservation, open or closed.
+        reservation = await self.queries.get_reservation(request.reservation_id)
         if reservation is None:
             raise UnknownReservation(
                 f"no reservation {request.reservation_id!r}",
@@ -420,52 +459,85 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         request: edge_pb2.WatchAvailabilityRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[edge_pb2.WatchAvailabilityResponse]:
-        """Streams balances; a watcher that falls behind gets a fresh snapshot."""
+        """Streams balances; a watcher that falls behind gets a fresh snapshot.
+
+        The snapshot and the subscription are taken at one durable point in the
+        write queue, and every change is computed right after its batch
+        commits, so the stream never shows a write that is not on disk and
+        misses none in between.
+        """
         try:
             self.auth.principal(context.invocation_metadata())
             self._check_skus(list(request.skus))
-            if self._watchers >= limits.WATCHERS_MAX:
+            if len(self._watch_queues) >= limits.WATCHERS_MAX:
                 raise Overloaded(f"at most {limits.WATCHERS_MAX} watchers")
         except StockdError as error:
             await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
             return
         watched = set(request.skus) or None
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=limits.WATCH_QUEUE_MAX)
+        queue: asyncio.Queue[edge_pb2.WatchAvailabilityResponse | None] = asyncio.Queue(
+            maxsize=limits.WATCH_QUEUE_MAX
+        )
         behind = False
+
+        def snapshot(ledger: EdgeLedger) -> list[edge_pb2.WatchAvailabilityResponse]:
+            return [
+                edge_pb2.WatchAvailabilityResponse(
+                    availability=convert.availability(ledger, sku), snapshot=True
+                )
+                for sku in sorted(watched or ledger.items)
+            ]
 
         def listener(touched: set[str]) -> None:
             nonlocal behind
-            for sku in touched:
+            for sku in sorted(touched):
                 if watched is None or sku in watched:
+                    change = edge_pb2.WatchAvailabilityResponse(
+                        availability=convert.availability(self.engine.ledger, sku),
+                        snapshot=False,
+                    )
                     try:
-                        queue.put_nowait(sku)
+                        queue.put_nowait(change)
                     except asyncio.QueueFull:
                         behind = True
 
-        remove = self.engine.add_listener(listener)
-        self._watchers += 1
+        removers: list[Callable[[], None]] = []
+
+        def subscribe(ledger: EdgeLedger) -> list[edge_pb2.WatchAvailabilityResponse]:
+            removers.append(self.engine.add_listener(listener))
+            return snapshot(ledger)
+
+        self._watch_queues.add(queue)
         try:
-            for sku in sorted(watched or self.ledger.items):
-                yield edge_pb2.WatchAvailabilityResponse(
-                    availability=convert.availability(self.ledger, sku), snapshot=True
-                )
+            for message in await self.engine.consistent_read(subscribe):
+                yield message
             while True:
-                sku = await queue.get()
+                change = await queue.get()
+                if change is None:
+                    return  # the agent is stopping
                 if behind:
                     behind = False
                     while not queue.empty():
-                        queue.get_nowait()
-                    for every in sorted(watched or self.ledger.items):
-                        yield edge_pb2.WatchAvailabilityResponse(
-                            availability=convert.availability(self.ledger, every), snapshot=True
-                        )
+                        if queue.get_nowait() is None:
+                            return
+                    for message in await self.engine.consistent_read(snapshot):
+                        yield message
                     continue
-                yield edge_pb2.WatchAvailabilityResponse(
-                    availability=convert.availability(self.ledger, sku), snapshot=False
-                )
+                yield change
         finally:
-            self._watchers -= 1
-            remove()
+            self._watch_queues.discard(queue)
+            for remove in removers:
+                remove()
+
+    def close_streams(self) -> None:
+        """Ends every open watch stream, so shutdown does not wait out its grace."""
+        for queue in list(self._watch_queues):
+            while True:
+                try:
+                    queue.put_nowait(None)
+                    break
+                except asyncio.QueueFull:
+                    queue.get_nowait()
 
 
 WRITE_METHODS = (

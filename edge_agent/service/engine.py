@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -44,6 +44,7 @@ from server.storage.sqlite import SqliteWorker
 
 log = structlog.get_logger("stockd.edge.engine")
 
+T = TypeVar("T")
 Outcome = Decision | Item | Location
 Render = Callable[[EdgeLedger, Outcome], bytes]
 WallClock = Callable[[], int]
@@ -53,9 +54,13 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def fingerprint(rpc: str, payload: bytes) -> bytes:
-    """Identifies a request's content, so a reused request_id can be told apart."""
-    return hashlib.sha256(rpc.encode() + b"\0" + payload).digest()
+def fingerprint(rpc: str, actor: str, payload: bytes) -> bytes:
+    """Identifies a request's content and caller, so a reused request_id is told apart.
+
+    The actor is part of it: another principal replaying someone's request_id
+    is refused rather than handed their stored response.
+    """
+    return hashlib.sha256(rpc.encode() + b"\0" + actor.encode() + b"\0" + payload).digest()
 
 
 @dataclass(slots=True)
@@ -126,10 +131,14 @@ class EdgeEngine:
     async def start(self) -> None:
         self._worker = SqliteWorker(self.settings.db_path, auto_checkpoint=False)
         await self._worker.open()
+        site_id = self.settings.site_id
+        try:
+            await self._worker.run(lambda conn: sqlite_ledger.initialise(conn, site_id))
+        except BaseException:
+            await self._worker.close()
+            raise
         self._checkpointer = SqliteWorker(self.settings.db_path, "sqlite-checkpoint")
         await self._checkpointer.open()
-        site_id = self.settings.site_id
-        await self._worker.run(lambda conn: sqlite_ledger.initialise(conn, site_id))
         self.ledger = await self._worker.run(lambda conn: sqlite_ledger.load(conn, site_id))
         self.meta = await self._worker.run(sqlite_ledger.read_meta)
         self.committed_sequence = self.ledger.last_sequence
@@ -205,7 +214,7 @@ class EdgeEngine:
         """
         if self._closing:
             raise ShuttingDown("the agent is shutting down")
-        digest = fingerprint(rpc, payload) if payload is not None else None
+        digest = fingerprint(rpc, actor, payload) if payload is not None else None
         stored = self._cache.get(request_id) if digest is not None else None
         if stored is not None and stored.committed:
             if stored.fingerprint != digest:
@@ -242,10 +251,33 @@ class EdgeEngine:
         if self._closing:
             raise ShuttingDown("the agent is shutting down")
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(
-            _Submission("internal", command, actor, "", None, render, None, future, meta)
-        )
+        try:
+            self._queue.put_nowait(
+                _Submission("internal", command, actor, "", None, render, None, future, meta)
+            )
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"write queue is full ({self.settings.write_queue_max}); retry with backoff"
+            ) from None
         return await future
+
+    async def consistent_read(self, read: Callable[[EdgeLedger], T]) -> T:
+        """Runs `read` on the ledger at a point whose state is durable.
+
+        The in-memory ledger runs ahead of the disk while a batch commits; a
+        read that looked at it then could report a write that is later rolled
+        back. So a read takes its place in the write queue: it sees every
+        write queued before it, and answers only once they are committed. A
+        batch of reads alone writes nothing and costs no fsync.
+        """
+        results: list[T] = []
+
+        def capture(ledger: EdgeLedger, _outcome: Outcome) -> bytes:
+            results.append(read(ledger))
+            return b""
+
+        await self.execute_internal(None, render=capture)
+        return results[0]
 
     def stage_meta(self, key: str, value: str) -> None:
         """Writes a bookkeeping value with the next batch (not urgent, never lost twice)."""

@@ -939,15 +939,6 @@ async def check_process(child: AgentProcess) -> None:
 STOP_PROMPTLY_SECONDS = 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (minor): on SIGTERM GrpcServer.stop() waits the whole shutdown grace "
-        "(limits.SHUTDOWN_GRACE_SECONDS = 10 s) whenever a WatchAvailability stream is "
-        "open, because the stream handler waits on its queue forever and nothing ends "
-        "it at shutdown; the agent exits only when the grace runs out."
-    ),
-)
 async def test_sigterm_with_an_open_watcher_stops_promptly(child_agent: AgentProcess) -> None:
     await child_agent.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{child_agent.port}", options=channel_options())

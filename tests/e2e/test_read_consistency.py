@@ -8,7 +8,6 @@ import sqlite3
 
 import grpc
 import grpc.aio
-import pytest
 
 from stockd.v1 import edge_pb2
 from tests.e2e.helpers import (
@@ -25,17 +24,6 @@ from tests.e2e.helpers import (
 BLOCKED_COMMIT_SECONDS = 15.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: GetAvailability answers from the in-memory ledger, which group commit "
-        "mutates before its SQLite transaction commits. While a batch's commit is "
-        "pending, reads report its effects (reserved_soft and as_of_sequence of a "
-        "write not yet acknowledged); if the commit then fails, the batch is rolled "
-        "back, the caller gets UNAVAILABLE, and the sequence number the read reported "
-        "is reused for a different ledger entry."
-    ),
-)
 async def test_reads_do_not_see_a_commit_that_is_still_pending(agent: Agent) -> None:
     await stocked_item(agent.stub, "A", 10)
     before = await availability(agent.stub, "A")

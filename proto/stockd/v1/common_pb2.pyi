@@ -102,7 +102,8 @@ class _ReservationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rese
 class ReservationState(_ReservationState, metaclass=_ReservationStateEnumTypeWrapper):
     """ReservationState is the life cycle of a reservation. A reservation is
     resolved exactly once: it stays OPEN while any quantity is held, then ends
-    in the state of the entry that resolved its last held unit.
+    PICKED if any unit of it was picked (the rest released or expired), and
+    otherwise in the state of the entry that resolved its last held unit.
     """
 
 RESERVATION_STATE_UNSPECIFIED: ReservationState.ValueType  # 0
