@@ -1,11 +1,13 @@
-"""``stockctl``: the operator's command line for an edge agent.
+"""``stockctl``: the operator's command line for an edge agent and the hub.
 
 Global options come before the command (``stockctl --target X --json reserve
-A:5``) so the hub's commands can share them later. Commands are flat, one per
-RPC. Output is a rich table, or the response proto as JSON with ``--json``
-for scripts. Mutating commands print their request_id to stderr before the
-call, so an operator whose call timed out can repeat it safely with
-``--request-id``.
+A:5``). Edge commands are flat, one per RPC. Hub commands live under
+``stockctl hub``, which takes its own ``--target`` (the hub's address; the
+token, timeout and ``--json`` are the global ones): ``stockctl --json hub
+--target H balances S1``. Output is a rich table, or the response proto as
+JSON with ``--json`` for scripts. Mutating commands print their request_id
+to stderr before the call, so an operator whose call timed out can repeat
+it safely with ``--request-id``.
 
 Exit codes: 0 success, 1 the server refused or could not be reached, 2 bad
 usage (the server is never called).
@@ -14,11 +16,12 @@ usage (the server is never called).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableSequence, Sequence
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeAlias, TypeVar
 
 import grpc
 import typer
@@ -29,8 +32,10 @@ from rich.live import Live
 from rich.text import Text
 
 from clients import render
+from clients._rpc import RpcClient, paginate
 from clients.edge import DEFAULT_TIMEOUT_SECONDS, EdgeClient
 from clients.errors import StockdError
+from clients.hub import HubClient
 from clients.parsing import (
     LineSpec,
     enum_names,
@@ -43,12 +48,14 @@ from clients.parsing import (
     parse_timestamp,
     parse_unit_conversion,
 )
-from stockd.v1 import common_pb2, edge_pb2
+from stockd.v1 import common_pb2, edge_pb2, hub_pb2
 
 ResultT = TypeVar("ResultT")
 ParsedT = TypeVar("ParsedT")
+ClientT = TypeVar("ClientT", bound=RpcClient[Any])
 
 DEFAULT_TARGET = "127.0.0.1:7400"
+DEFAULT_HUB_TARGET = "127.0.0.1:7500"
 # Lists stop here unless --limit says otherwise: an audit trail can be
 # millions of entries, and a terminal is not the place to page them all.
 DEFAULT_LIST_LIMIT = 100
@@ -63,6 +70,18 @@ STATE_HELP = "Reservation state: " + ", ".join(enum_names(common_pb2.Reservation
 EVENT_TYPE_HELP = "Event type (repeatable): " + ", ".join(enum_names(common_pb2.EventType)) + "."
 REQUEST_ID_HELP = "Idempotency key; repeat a call safely by reusing it. Default: a new UUID."
 
+# Parameters several commands declare alike.
+SkusArgument: TypeAlias = Annotated[
+    list[str] | None, typer.Argument(metavar="[SKU]...", help="SKUs; none: every SKU.")
+]
+LimitWithoutSkusOption: TypeAlias = Annotated[
+    int, typer.Option(min=1, help="With no SKUs, show at most this many.")
+]
+# The hub's own --target, after "hub": the global one names the edge agent.
+HubTargetOption: TypeAlias = Annotated[
+    str, typer.Option(envvar="STOCKD_HUB_TARGET", help="Hub host:port.")
+]
+
 app = typer.Typer(
     name="stockctl",
     help="Operate a stockd edge agent: items, stock movements, reservations, audit.",
@@ -71,6 +90,12 @@ app = typer.Typer(
     # Locals would include the bearer token.
     pretty_exceptions_show_locals=False,
 )
+hub_app = typer.Typer(
+    name="hub",
+    help="Operate the stockd hub: sites, their balances, escrow grants and recalls.",
+    no_args_is_help=True,
+)
+app.add_typer(hub_app)
 
 stdout_console = Console(highlight=False)
 stderr_console = Console(stderr=True, highlight=False)
@@ -85,16 +110,22 @@ class Settings:
         token: Bearer token, or None.
         timeout_seconds: Deadline of each call, retries included.
         json_output: Print responses as JSON instead of tables.
+        hub_target: ``host:port`` of the hub (set by ``stockctl hub``).
     """
 
     target: str
     token: str | None
     timeout_seconds: float
     json_output: bool
+    hub_target: str = DEFAULT_HUB_TARGET
 
     def client(self) -> EdgeClient:
         """Returns a client configured by these settings."""
         return EdgeClient(self.target, token=self.token, timeout_seconds=self.timeout_seconds)
+
+    def hub_client(self) -> HubClient:
+        """Returns a hub client configured by these settings."""
+        return HubClient(self.hub_target, token=self.token, timeout_seconds=self.timeout_seconds)
 
 
 @app.callback()
@@ -119,7 +150,10 @@ def main(
         bool, typer.Option("--json", help="Print the response proto as JSON.")
     ] = False,
 ) -> None:
-    """Operate a stockd edge agent: items, stock movements, reservations, audit."""
+    """Operate a stockd edge agent: items, stock movements, reservations, audit.
+
+    ``stockctl hub ...`` operates the hub.
+    """
     ctx.obj = Settings(
         target=target, token=token or None, timeout_seconds=timeout, json_output=json_output
     )
@@ -623,15 +657,11 @@ def reservations(
 @app.command("availability")
 def availability(
     ctx: typer.Context,
-    skus: Annotated[
-        list[str] | None, typer.Argument(metavar="[SKU]...", help="SKUs; none: every SKU.")
-    ] = None,
+    skus: SkusArgument = None,
     by_location: Annotated[
         bool, typer.Option("--by-location", help="Also show on-hand per location and status.")
     ] = False,
-    limit: Annotated[
-        int, typer.Option(min=1, help="With no SKUs, show at most this many.")
-    ] = DEFAULT_LIST_LIMIT,
+    limit: LimitWithoutSkusOption = DEFAULT_LIST_LIMIT,
 ) -> None:
     """Show balances: on hand, reserved, safety stock, local share, available."""
     settings = _settings(ctx)
@@ -697,9 +727,7 @@ def events(
 @app.command("watch")
 def watch(
     ctx: typer.Context,
-    skus: Annotated[
-        list[str] | None, typer.Argument(metavar="[SKU]...", help="SKUs; none: every SKU.")
-    ] = None,
+    skus: SkusArgument = None,
     duration: Annotated[
         float | None,
         typer.Option(min=0.001, help="Stop after this many seconds (default: until Ctrl-C)."),
@@ -735,6 +763,119 @@ async def _follow_live(stream: AsyncIterator[edge_pb2.WatchAvailabilityResponse]
         async for message in stream:
             latest[message.availability.sku] = message.availability
             live.update(render.availability_table([latest[sku] for sku in sorted(latest)]))
+
+
+# -- sync with the hub -------------------------------------------------------------------
+
+
+@app.command("sync-status")
+def sync_status(ctx: typer.Context) -> None:
+    """Show the agent's sync state: ledger entries not yet on the bus, hub commands applied."""
+    settings = _settings(ctx)
+    response = _call(settings, lambda client: client.get_sync_status())
+    _show(settings, response, lambda: render.sync_status_table(response))
+
+
+# -- the hub (stockctl hub ...) ----------------------------------------------------------
+
+
+@hub_app.callback()
+def hub_main(
+    ctx: typer.Context,
+    target: HubTargetOption = DEFAULT_HUB_TARGET,
+) -> None:
+    """Operate the stockd hub: sites, their balances, escrow grants and recalls."""
+    ctx.obj = dataclasses.replace(_settings(ctx), hub_target=target)
+
+
+@hub_app.command("sites")
+def hub_sites(ctx: typer.Context) -> None:
+    """List the sites the hub has heard from, with how current its view of each is."""
+    settings = _settings(ctx)
+    response = _call_hub(settings, lambda client: client.list_sites())
+    _show(settings, response, lambda: render.sites_table(response.sites))
+
+
+@hub_app.command("balances")
+def hub_balances(
+    ctx: typer.Context,
+    site_id: Annotated[str, typer.Argument(metavar="SITE", help="The site.")],
+    skus: SkusArgument = None,
+    limit: LimitWithoutSkusOption = DEFAULT_LIST_LIMIT,
+) -> None:
+    """Show the hub's view of a site's balances, and how old it is."""
+    settings = _settings(ctx)
+    if skus:
+        response = _call_hub(settings, lambda client: client.get_site_balances(site_id, skus))
+    else:
+        response = _call_hub(settings, lambda client: _site_balances(client, site_id, limit + 1))
+        _trim(response.balances, limit)
+    _show(
+        settings,
+        response,
+        lambda: render.site_balances_table(response.balances, status=response.status),
+    )
+
+
+async def _site_balances(
+    client: HubClient, site_id: str, limit: int
+) -> hub_pb2.GetSiteBalancesResponse:
+    """Gathers up to ``limit`` balances of a site and the newest page's sync state."""
+    status = hub_pb2.SiteSyncStatus()
+
+    async def fetch(token: str, size: int) -> hub_pb2.GetSiteBalancesResponse:
+        page = await client.get_site_balances(site_id, page_size=size, page_token=token)
+        status.CopyFrom(page.status)
+        return page
+
+    balances = [balance async for balance in paginate(fetch, lambda page: page.balances, 0, limit)]
+    return hub_pb2.GetSiteBalancesResponse(balances=balances, status=status)
+
+
+# Grant and recall take the same arguments, so one function serves both; the
+# name it was called by picks the RPC. Decorators apply bottom-up, so grant
+# is registered (and listed) first.
+@hub_app.command(
+    "recall", help="Ask SITE's edge to return up to QTY units of its free local share of SKU."
+)
+@hub_app.command(
+    "grant", help="Move QTY units of SKU from the hub's share of SITE to the site's edge."
+)
+def hub_quota(
+    ctx: typer.Context,
+    site_id: Annotated[str, typer.Argument(metavar="SITE", help="The site.")],
+    sku: Annotated[str, typer.Argument(metavar="SKU", help="The SKU.")],
+    quantity: Annotated[str, typer.Argument(metavar="QTY", help="Units, in base units.")],
+    request_id: Annotated[str | None, typer.Option(help=REQUEST_ID_HELP)] = None,
+) -> None:
+    """Grants or recalls escrow share (the decorators hold the help text)."""
+    settings = _settings(ctx)
+    quantity_value = _parse(parse_quantity, quantity, "QTY")
+    request_id = _announce_request_id(request_id)
+    response: hub_pb2.GrantQuotaResponse | hub_pb2.RecallQuotaResponse
+    if ctx.command.name == "grant":
+        response = _call_hub(
+            settings,
+            lambda client: client.grant_quota(site_id, sku, quantity_value, request_id=request_id),
+        )
+    else:
+        response = _call_hub(
+            settings,
+            lambda client: client.recall_quota(site_id, sku, quantity_value, request_id=request_id),
+        )
+
+    def view() -> RenderableType:
+        sent = Text(
+            f"{ctx.command.name} sent to site {site_id} as command {response.command_sequence}"
+        )
+        if isinstance(response, hub_pb2.GrantQuotaResponse):
+            return Group(sent, render.site_balances_table([response.balance]))
+        # A recall's units reach the hub share only when the edge returns them.
+        return Group(
+            sent, Text("the hub's share grows when the edge's return arrives", style="dim")
+        )
+
+    _show(settings, response, view)
 
 
 # -- plumbing -------------------------------------------------------------------------------
@@ -779,10 +920,25 @@ def _call(
     *,
     deadline_ends_quietly: bool = False,
 ) -> ResultT:
-    """Runs ``work`` with a fresh client; a StockdError exits with code 1."""
+    """Runs ``work`` with a fresh edge client; a StockdError exits with code 1."""
+    return _run(settings.client, work, deadline_ends_quietly=deadline_ends_quietly)
+
+
+def _call_hub(settings: Settings, work: Callable[[HubClient], Awaitable[ResultT]]) -> ResultT:
+    """Runs ``work`` with a fresh hub client; a StockdError exits with code 1."""
+    return _run(settings.hub_client, work)
+
+
+def _run(
+    make_client: Callable[[], ClientT],
+    work: Callable[[ClientT], Awaitable[ResultT]],
+    *,
+    deadline_ends_quietly: bool = False,
+) -> ResultT:
+    """Runs ``work`` with a client from ``make_client``; a StockdError exits with code 1."""
 
     async def run() -> ResultT:
-        async with settings.client() as client:
+        async with make_client() as client:
             return await work(client)
 
     try:
@@ -809,12 +965,17 @@ def _collect(
         return [item async for item in iterate(client)]
 
     found = _call(settings, gather)
+    _trim(found, limit)
+    return found
+
+
+def _trim(found: MutableSequence[Any], limit: int) -> None:
+    """Cuts ``found`` to ``limit`` items, warning on stderr when there were more."""
     if len(found) > limit:
         stderr_console.print(
             Text(f"showing the first {limit}; use --limit to see more", style="yellow")
         )
         del found[limit:]
-    return found
 
 
 def _print_error(error: StockdError) -> None:

@@ -12,23 +12,27 @@ client rather than raw stubs so that three rules are kept everywhere:
   the server's machine-readable reason and metadata.
 
 Methods take plain keyword arguments and return the response protos
-unchanged, so nothing the server sends is hidden.
+unchanged, so nothing the server sends is hidden. The channel, deadline and
+retry plumbing is shared with ``HubClient`` and lives in ``clients._rpc``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeAlias
 
-import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
 
+# The limits and the backoff moved to clients._rpc; these names are
+# re-exported because callers have always imported them from here.
+from clients._rpc import BACKOFF_CAP_SECONDS as BACKOFF_CAP_SECONDS
+from clients._rpc import DEFAULT_MAX_RETRIES as DEFAULT_MAX_RETRIES
+from clients._rpc import DEFAULT_TIMEOUT_SECONDS as DEFAULT_TIMEOUT_SECONDS
+from clients._rpc import RpcClient, paginate, request_id_or_new, sku_list
+from clients._rpc import retry_delay_seconds as retry_delay_seconds
 from clients.errors import StockdError
 from clients.parsing import (
     parse_adjustment_reason,
@@ -41,21 +45,6 @@ from stockd.v1 import common_pb2, edge_pb2, edge_pb2_grpc
 
 if TYPE_CHECKING:
     from stockd.v1.edge_pb2_grpc import EdgeInventoryServiceAsyncStub
-
-# Limits and defaults, in one place (see STYLE.md, "a limit on everything").
-DEFAULT_TIMEOUT_SECONDS = 5.0
-DEFAULT_MAX_RETRIES = 5
-MAX_RETRIES_LIMIT = 20
-BACKOFF_BASE_SECONDS = 0.05
-BACKOFF_CAP_SECONDS = 2.0
-# The contract's largest page (page_size "at most 1000").
-PAGE_SIZE_MAX = 1000
-USER_AGENT = "stockd-clients/0.1"
-
-RequestT = TypeVar("RequestT")
-ResponseT = TypeVar("ResponseT")
-PageT = TypeVar("PageT", bound="_Page")
-ItemT = TypeVar("ItemT")
 
 # Enum arguments accept the generated value or its friendly name ("hard").
 StockStatusArg: TypeAlias = common_pb2.StockStatus.ValueType | str
@@ -75,27 +64,7 @@ ReceiptLineArg: TypeAlias = edge_pb2.ReceiptLine | LocatedLineTuple
 UnitsArg: TypeAlias = Mapping[str, int] | Iterable[tuple[str, int] | common_pb2.UnitConversion]
 
 
-def retry_delay_seconds(attempt: int, random_fraction: float) -> float:
-    """Returns the pause before retry number ``attempt + 1`` ("full jitter").
-
-    The ceiling doubles from 50 ms per attempt up to 2 s; the pause is a
-    uniform fraction of it, so clients that failed together (a restarting
-    edge agent) do not come back together.
-
-    Args:
-        attempt: Retries made so far (0 before the first retry).
-        random_fraction: A number in [0, 1), normally ``random.random()``.
-
-    Returns:
-        The pause in seconds.
-    """
-    assert attempt >= 0, attempt
-    assert 0.0 <= random_fraction <= 1.0, random_fraction
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (1 << min(attempt, 32)))
-    return ceiling * random_fraction
-
-
-class EdgeClient:
+class EdgeClient(RpcClient["EdgeInventoryServiceAsyncStub"]):
     """Async client of one edge agent.
 
     Constructing it does no I/O and needs no running event loop: the channel
@@ -109,69 +78,6 @@ class EdgeClient:
     with ``request_id=error.request_id`` to apply it once or get the stored
     reply.
     """
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        token: str | None = None,
-        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        """Configures the client.
-
-        Args:
-            target: ``host:port`` of the edge agent.
-            token: Bearer token, sent as ``authorization: Bearer <token>``.
-            timeout_seconds: Default deadline of each call, retries included.
-            max_retries: Retries after the first attempt, on UNAVAILABLE only.
-            credentials: TLS channel credentials; None means plaintext.
-
-        Raises:
-            ValueError: When the timeout is not positive or max_retries is
-                outside 0 to ``MAX_RETRIES_LIMIT``.
-        """
-        if not target:
-            raise ValueError("target must be host:port")
-        if not timeout_seconds > 0:
-            raise ValueError(f"timeout_seconds must be positive, got {timeout_seconds}")
-        if not 0 <= max_retries <= MAX_RETRIES_LIMIT:
-            raise ValueError(f"max_retries must be 0 to {MAX_RETRIES_LIMIT}, got {max_retries}")
-        self._target = target
-        self._timeout_seconds = timeout_seconds
-        self._max_retries = max_retries
-        self._credentials = credentials
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
-        self._random = random.Random()
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: EdgeInventoryServiceAsyncStub | None = None
-        self._closed = False
-
-    @property
-    def target(self) -> str:
-        """The ``host:port`` this client calls."""
-        return self._target
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Closes the channel, cancelling calls in flight. Safe to call twice."""
-        self._closed = True
-        channel, self._channel, self._stub = self._channel, None, None
-        if channel is not None:
-            await channel.close(grace=None)
 
     # -- item master and locations -------------------------------------------
 
@@ -204,7 +110,7 @@ class EdgeClient:
         Returns:
             The stored item.
         """
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.UpsertItemRequest(
             request_id=request_id,
             item=common_pb2.Item(
@@ -256,7 +162,7 @@ class EdgeClient:
                 page_size=size, page_token=token, timeout_seconds=timeout_seconds
             )
 
-        return _paginate(fetch, lambda page: page.items, page_size, limit)
+        return paginate(fetch, lambda page: page.items, page_size, limit)
 
     async def upsert_location(
         self,
@@ -267,7 +173,7 @@ class EdgeClient:
         timeout_seconds: float | None = None,
     ) -> edge_pb2.UpsertLocationResponse:
         """Creates or replaces a location."""
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.UpsertLocationRequest(
             request_id=request_id,
             location=common_pb2.Location(location_id=location_id, description=description),
@@ -301,7 +207,7 @@ class EdgeClient:
                 page_size=size, page_token=token, timeout_seconds=timeout_seconds
             )
 
-        return _paginate(fetch, lambda page: page.locations, page_size, limit)
+        return paginate(fetch, lambda page: page.locations, page_size, limit)
 
     # -- stock movements ------------------------------------------------------
 
@@ -329,7 +235,7 @@ class EdgeClient:
         Returns:
             The RECEIVED entries and the new balances.
         """
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         status_value = _stock_status(status)
         request = edge_pb2.ReceiveRequest(
             request_id=request_id,
@@ -373,7 +279,7 @@ class EdgeClient:
         Returns:
             The entries written and the new balance.
         """
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.AdjustRequest(
             request_id=request_id,
             sku=sku,
@@ -406,7 +312,7 @@ class EdgeClient:
         A count is physical truth, so when it leaves less than is reserved the
         server releases reservations and returns those entries too.
         """
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.RecordCountRequest(
             request_id=request_id,
             sku=sku,
@@ -435,7 +341,7 @@ class EdgeClient:
         timeout_seconds: float | None = None,
     ) -> edge_pb2.ChangeStatusResponse:
         """Moves units between statuses at one location (sellable -> damaged)."""
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.ChangeStatusRequest(
             request_id=request_id,
             sku=sku,
@@ -471,7 +377,7 @@ class EdgeClient:
         Exactly one of ``to_location_id`` and ``to_site_id`` must be set; the
         server checks it, so the rule lives in one place.
         """
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.TransferRequest(
             request_id=request_id,
             sku=sku,
@@ -526,7 +432,7 @@ class EdgeClient:
                 stock is short and ``allow_partial`` is False; any other
                 refusal.
         """
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.ReserveRequest(
             request_id=request_id,
             lines=[_reserve_line(line) for line in lines],
@@ -551,7 +457,7 @@ class EdgeClient:
         timeout_seconds: float | None = None,
     ) -> edge_pb2.ReleaseResponse:
         """Gives back part of a reservation, or everything held when ``lines`` is empty."""
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.ReleaseRequest(
             request_id=request_id,
             reservation_id=reservation_id,
@@ -583,7 +489,7 @@ class EdgeClient:
         Returns:
             The reservation after the pick and the entries written.
         """
-        request_id = _request_id(request_id)
+        request_id = request_id_or_new(request_id)
         request = edge_pb2.PickRequest(
             request_id=request_id,
             reservation_id=reservation_id,
@@ -643,7 +549,7 @@ class EdgeClient:
                 timeout_seconds=timeout_seconds,
             )
 
-        return _paginate(fetch, lambda page: page.reservations, page_size, limit)
+        return paginate(fetch, lambda page: page.reservations, page_size, limit)
 
     # -- balances and the ledger ---------------------------------------------
 
@@ -657,7 +563,7 @@ class EdgeClient:
     ) -> edge_pb2.GetAvailabilityResponse:
         """Returns balances of the named SKUs, or one page of all SKUs when none are named."""
         request = edge_pb2.GetAvailabilityRequest(
-            skus=_skus(skus), page_size=page_size, page_token=page_token
+            skus=sku_list(skus), page_size=page_size, page_token=page_token
         )
         return await self._unary(self._get_stub().GetAvailability, request, timeout_seconds)
 
@@ -675,7 +581,7 @@ class EdgeClient:
                 page_size=size, page_token=token, timeout_seconds=timeout_seconds
             )
 
-        return _paginate(fetch, lambda page: page.availability, page_size, limit)
+        return paginate(fetch, lambda page: page.availability, page_size, limit)
 
     async def list_events(
         self,
@@ -750,7 +656,7 @@ class EdgeClient:
                 timeout_seconds=timeout_seconds,
             )
 
-        return _paginate(fetch, lambda page: page.events, page_size, limit)
+        return paginate(fetch, lambda page: page.events, page_size, limit)
 
     async def watch_availability(
         self,
@@ -778,7 +684,7 @@ class EdgeClient:
             StockdError: When the stream ends with another error, or keeps
                 failing with UNAVAILABLE.
         """
-        request = edge_pb2.WatchAvailabilityRequest(skus=_skus(skus))
+        request = edge_pb2.WatchAvailabilityRequest(skus=sku_list(skus))
         loop = asyncio.get_running_loop()
         deadline = None if timeout_seconds is None else loop.time() + timeout_seconds
         failures = 0
@@ -803,118 +709,24 @@ class EdgeClient:
             await asyncio.sleep(delay)
             failures += 1
 
+    # -- sync with the hub ----------------------------------------------------
+
+    async def get_sync_status(
+        self, *, timeout_seconds: float | None = None
+    ) -> edge_pb2.GetSyncStatusResponse:
+        """Returns the agent's sync state: ledger entries on the bus, hub commands applied.
+
+        Entries counted in ``backlog_events`` are durable here but not yet
+        acknowledged by JetStream; while ``connected`` is False,
+        ``last_error`` says why.
+        """
+        request = edge_pb2.GetSyncStatusRequest()
+        return await self._unary(self._get_stub().GetSyncStatus, request, timeout_seconds)
+
     # -- plumbing -------------------------------------------------------------
 
-    def _get_stub(self) -> EdgeInventoryServiceAsyncStub:
-        if self._closed:
-            raise RuntimeError("EdgeClient is closed")
-        if self._stub is None:
-            options = [("grpc.primary_user_agent", USER_AGENT)]
-            if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self._target, options=options)
-            else:
-                self._channel = grpc.aio.secure_channel(
-                    self._target, self._credentials, options=options
-                )
-            self._stub = edge_pb2_grpc.EdgeInventoryServiceStub(self._channel)
-        return self._stub
-
-    async def _unary(
-        self,
-        method: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
-        request: RequestT,
-        timeout_seconds: float | None,
-        *,
-        request_id: str | None = None,
-    ) -> ResponseT:
-        """Calls ``method`` with retries on UNAVAILABLE inside one deadline.
-
-        The same request object (so the same request_id) is sent on every
-        attempt; each attempt gets what is left of the deadline.
-        """
-        budget = self._timeout_seconds if timeout_seconds is None else timeout_seconds
-        if not budget > 0:
-            raise ValueError(f"timeout_seconds must be positive, got {budget}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        attempt = 0
-        while True:
-            try:
-                return await method(
-                    request,
-                    timeout=deadline - loop.time(),
-                    metadata=self._metadata or None,
-                )
-            except grpc.aio.AioRpcError as error:
-                delay = self._retry_delay(error, attempt, deadline - loop.time())
-                if delay is None:
-                    raise StockdError.from_rpc_error(error, request_id=request_id) from error
-            await asyncio.sleep(delay)
-            attempt += 1
-
-    def _retry_delay(
-        self, error: grpc.aio.AioRpcError, attempt: int, remaining_seconds: float | None
-    ) -> float | None:
-        """Returns the pause before retrying, or None when the error is final.
-
-        Final means: not UNAVAILABLE, retries used up, or the pause would
-        reach past the deadline (the attempt after it could not finish).
-        """
-        if error.code() is not grpc.StatusCode.UNAVAILABLE or attempt >= self._max_retries:
-            return None
-        delay = retry_delay_seconds(attempt, self._random.random())
-        if remaining_seconds is not None and delay >= remaining_seconds:
-            return None
-        return delay
-
-
-class _Page(Protocol):
-    @property
-    def next_page_token(self) -> str: ...
-
-
-async def _paginate(
-    fetch: Callable[[str, int], Awaitable[PageT]],
-    items_of: Callable[[PageT], Iterable[ItemT]],
-    page_size: int,
-    limit: int | None,
-) -> AsyncGenerator[ItemT, None]:
-    """Walks pages until the token runs out or ``limit`` items were yielded."""
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must not be negative, got {limit}")
-    token = ""
-    yielded = 0
-    while limit is None or yielded < limit:
-        size = page_size
-        if limit is not None:
-            # Do not fetch a full default page to show three rows.
-            size = min(page_size or PAGE_SIZE_MAX, limit - yielded, PAGE_SIZE_MAX)
-        page = await fetch(token, size)
-        for item in items_of(page):
-            yield item
-            yielded += 1
-            if limit is not None and yielded >= limit:
-                return
-        next_token = page.next_page_token
-        if not next_token:
-            return
-        # A server that hands back the same token would loop forever.
-        if next_token == token:
-            raise RuntimeError(f"server repeated page token {token!r}")
-        token = next_token
-
-
-def _request_id(request_id: str | None) -> str:
-    # Generated once per logical call, before the first attempt, so every
-    # retry carries the same key.
-    return str(uuid.uuid4()) if request_id is None else request_id
-
-
-def _skus(skus: Sequence[str]) -> list[str]:
-    if isinstance(skus, str):
-        # A bare string is a Sequence[str] too and would become one SKU per letter.
-        raise TypeError("skus must be a sequence of SKUs, not a string")
-    return list(skus)
+    def _new_stub(self, channel: grpc.aio.Channel) -> EdgeInventoryServiceAsyncStub:
+        return edge_pb2_grpc.EdgeInventoryServiceStub(channel)
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -177,5 +177,6 @@ class EdgeClientSync:
     get_availability = _blocking(EdgeClient.get_availability)
     iterate_availability = _blocking_iterator(EdgeClient.iterate_availability)
     list_events = _blocking(EdgeClient.list_events)
+    get_sync_status = _blocking(EdgeClient.get_sync_status)
     iterate_events = _blocking_iterator(EdgeClient.iterate_events)
     watch_availability = _blocking_iterator(EdgeClient.watch_availability)

@@ -1,7 +1,7 @@
 """Rich tables for ``stockctl``: one function per kind of proto shown.
 
-Kept apart from the command wiring so the layout can be tested, and reused
-by the hub commands later, without a server. Every function takes protos and
+Kept apart from the command wiring so the layout can be tested without a
+server; the edge and hub commands share it. Every function takes protos and
 returns a renderable; nothing here prints or does I/O.
 """
 
@@ -15,7 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from clients.parsing import enum_name
-from stockd.v1 import common_pb2, edge_pb2
+from stockd.v1 import common_pb2, edge_pb2, hub_pb2
+
+# What a site holds and has promised: the first quantity columns of the
+# edge's availability and of the hub's view of a site alike.
+HELD_HEADINGS = ("On hand sellable", "On hand total", "Reserved soft", "Reserved hard")
 
 
 def format_timestamp(timestamp: timestamp_pb2.Timestamp) -> str:
@@ -31,20 +35,7 @@ def availability_table(
     """One row per SKU: the balance columns an operator compares, in base units."""
     table = Table(title=title)
     table.add_column("SKU", no_wrap=True)
-    for heading in (
-        "On hand sellable",
-        "On hand total",
-        "Reserved soft",
-        "Reserved hard",
-        "Safety stock",
-        "Local share",
-        "Available",
-    ):
-        # Wide enough for the longest word, so a narrow terminal wraps a
-        # heading instead of cutting it to "Reserv…".
-        table.add_column(
-            heading, justify="right", min_width=max(len(word) for word in heading.split())
-        )
+    _add_number_columns(table, *HELD_HEADINGS, "Safety stock", "Local share", "Available")
     sequences = []
     for row in rows:
         sequences.append(row.as_of_sequence)
@@ -159,10 +150,7 @@ def events_table(events: Iterable[common_pb2.LedgerEvent], *, title: str | None 
 
 def reservation_view(reservation: common_pb2.Reservation) -> RenderableType:
     """One reservation: a header of its attributes, then its lines."""
-    header = Table.grid(padding=(0, 2))
-    header.add_column(style="bold")
-    header.add_column()
-    for label, value in (
+    header = _fields_grid(
         ("Reservation", reservation.reservation_id),
         ("State", enum_name(common_pb2.ReservationState, reservation.state)),
         ("Kind", enum_name(common_pb2.ReservationKind, reservation.kind)),
@@ -174,9 +162,8 @@ def reservation_view(reservation: common_pb2.Reservation) -> RenderableType:
         ("Actor", reservation.actor),
         ("Request id", reservation.request_id),
         ("Sequence", str(reservation.created_sequence) if reservation.created_sequence else ""),
-    ):
-        if value:
-            _add_row(header, label, value)
+        skip_empty=True,
+    )
     lines = Table()
     lines.add_column("SKU", no_wrap=True)
     for heading in ("Reserved", "Held", "Picked", "Released"):
@@ -235,6 +222,94 @@ def shortfalls_table(shortfalls: Iterable[edge_pb2.LineShortfall]) -> Table:
     return table
 
 
+def sync_status_table(status: edge_pb2.GetSyncStatusResponse) -> Table:
+    """An edge agent's sync state: what has reached the bus, what the hub sent."""
+    return _fields_grid(
+        ("Site", status.site_id),
+        ("Hub configured", _yes_no(status.hub_configured)),
+        ("Connected", _yes_no(status.connected, bad="no")),
+        ("Last sequence", str(status.last_sequence)),
+        ("Acknowledged sequence", str(status.acknowledged_sequence)),
+        (
+            "Backlog events",
+            Text(str(status.backlog_events), style="yellow" if status.backlog_events else ""),
+        ),
+        ("Applied command sequence", str(status.applied_command_sequence)),
+        ("Last acknowledged", format_timestamp(status.last_acknowledged_at)),
+        ("Last error", Text(status.last_error, style="red")),
+    )
+
+
+def sites_table(sites: Iterable[hub_pb2.SiteSyncStatus]) -> Table:
+    """One row per site the hub knows: how far it has applied and how old its view is."""
+    table = Table(title="Sites")
+    table.add_column("Site", no_wrap=True)
+    _add_number_columns(
+        table,
+        "Applied sequence",
+        "Known sequence",
+        "Sync lag ms",
+        "Data age ms",
+        "Checksums matched",
+        "Drift detected",
+        "Next command",
+    )
+    table.add_column("Last event")
+    table.add_column("Last applied")
+    table.add_column("Repairing")
+    for site in sites:
+        _add_row(
+            table,
+            site.site_id,
+            str(site.applied_sequence),
+            # Above applied_sequence means a backlog is on its way.
+            Text(
+                str(site.known_sequence),
+                style="yellow" if site.known_sequence > site.applied_sequence else "",
+            ),
+            str(site.sync_lag_ms),
+            str(site.data_age_ms),
+            str(site.checksums_matched),
+            Text(str(site.drift_detected), style="red" if site.drift_detected else ""),
+            str(site.next_command_sequence),
+            format_timestamp(site.last_event_at),
+            format_timestamp(site.last_applied_at),
+            _yes_no(site.repairing, bad="yes"),
+        )
+    return table
+
+
+def site_balances_table(
+    balances: Iterable[hub_pb2.SiteBalance], *, status: hub_pb2.SiteSyncStatus | None = None
+) -> Table:
+    """The hub's view of one site's SKUs, in base units, with how old that view is."""
+    table = Table(title=f"Site {status.site_id}" if status is not None else None)
+    table.add_column("SKU", no_wrap=True)
+    _add_number_columns(table, *HELD_HEADINGS, "Local share", "Hub share", "In flight")
+    sequences = []
+    for balance in balances:
+        sequences.append(balance.as_of_sequence)
+        quantities = (
+            balance.on_hand_sellable,
+            balance.on_hand_total,
+            balance.reserved_soft,
+            balance.reserved_hard,
+            balance.local_share,
+            balance.hub_share,
+            balance.in_flight,
+        )
+        _add_row(table, balance.sku, *(str(quantity) for quantity in quantities))
+    notes = []
+    if sequences:
+        notes.append(f"as of site ledger sequence {max(sequences)}")
+    if status is not None:
+        notes.append(f"hub data {status.data_age_ms} ms old")
+        if status.repairing:
+            notes.append("repair by replay under way")
+    table.caption = "; ".join(notes) or None
+    return table
+
+
 def availability_line(availability: common_pb2.SkuAvailability) -> str:
     """One balance as ``key=value`` text, for watch output that is not a terminal."""
     return (
@@ -247,6 +322,32 @@ def availability_line(availability: common_pb2.SkuAvailability) -> str:
         f" local_share={availability.local_share}"
         f" available={availability.available}"
     )
+
+
+def _add_number_columns(table: Table, *headings: str) -> None:
+    for heading in headings:
+        # Wide enough for the longest word, so a narrow terminal wraps a
+        # heading instead of cutting it to "Reserv…".
+        table.add_column(
+            heading, justify="right", min_width=max(len(word) for word in heading.split())
+        )
+
+
+def _fields_grid(*fields: tuple[str, str | Text], skip_empty: bool = False) -> Table:
+    """A two-column grid of bold labels and values, for one record."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, value in fields:
+        if value or not skip_empty:
+            _add_row(grid, label, value)
+    return grid
+
+
+def _yes_no(value: bool, *, bad: str = "") -> Text:
+    """``yes`` or ``no``; red when it is the ``bad`` answer."""
+    answer = "yes" if value else "no"
+    return Text(answer, style="red" if answer == bad else "")
 
 
 def _add_row(table: Table, *cells: str | Text) -> None:
