@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS site_balances (
   in_flight INTEGER NOT NULL,
   shortfall INTEGER NOT NULL,
   as_of_sequence INTEGER NOT NULL,
+  hub_reserved INTEGER NOT NULL,
   PRIMARY KEY (site_id, sku)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS grants_in_flight (
@@ -80,7 +81,7 @@ _SITE_FIELDS = (
 )  # fmt: skip
 _BALANCE_FIELDS = (
     "site_id", "sku", "sellable", "total", "reserved_soft", "reserved_hard", "local_share",
-    "hub_share", "in_flight", "shortfall", "as_of_sequence",
+    "hub_share", "in_flight", "shortfall", "as_of_sequence", "hub_reserved",
 )  # fmt: skip
 
 
@@ -108,6 +109,7 @@ def load(connection: sqlite3.Connection) -> HubView:
     for row in connection.execute(f"SELECT {', '.join(_BALANCE_FIELDS)} FROM site_balances"):
         balance = SiteBalance(*row)
         view.balances[(balance.site_id, balance.sku)] = balance
+    view.index()
     for site_id, sequence, sku, quantity in connection.execute(
         "SELECT site_id, command_sequence, sku, quantity FROM grants_in_flight"
     ):

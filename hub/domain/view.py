@@ -36,6 +36,17 @@ class SiteBalance:
     in_flight: int = 0
     shortfall: int = 0
     as_of_sequence: int = 0
+    hub_reserved: int = 0
+
+    @property
+    def hub_free(self) -> int:
+        """Hub share not held by promises: what the hub may promise now."""
+        return max(0, self.hub_share - self.hub_reserved)
+
+    @property
+    def local_free(self) -> int:
+        """Edge share not held by its reservations: obtainable by a recall."""
+        return max(0, self.local_share - self.reserved_soft - self.reserved_hard)
 
 
 @dataclass(slots=True)
@@ -78,6 +89,8 @@ class HubView:
     sites: dict[str, SiteState] = field(default_factory=dict)
     balances: dict[tuple[str, str], SiteBalance] = field(default_factory=dict)
     grants_in_flight: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    # sku -> site -> balance: ATP touches only the rows of the SKUs it is asked about.
+    by_sku: dict[str, dict[str, SiteBalance]] = field(default_factory=dict)
     dirty_sites: set[str] = field(default_factory=set)
     dirty_balances: set[tuple[str, str]] = field(default_factory=set)
     new_commands: list[Command] = field(default_factory=list)
@@ -95,8 +108,15 @@ class HubView:
         found = self.balances.get(key)
         if found is None:
             found = self.balances[key] = SiteBalance(site_id, sku)
+            self.by_sku.setdefault(sku, {})[site_id] = found
         self.dirty_balances.add(key)
         return found
+
+    def index(self) -> None:
+        """Rebuilds `by_sku` after balances were loaded in bulk."""
+        self.by_sku = {}
+        for (site_id, sku), balance in self.balances.items():
+            self.by_sku.setdefault(sku, {})[site_id] = balance
 
     def drain(
         self,
