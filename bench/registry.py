@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench.cases import edge_reserve, grpc_echo, sqlite_commit
+from bench.cases import (
+    edge_reserve,
+    grpc_echo,
+    nats_publish,
+    sqlite_commit,
+    sync_catchup,
+    sync_lag,
+)
 from bench.context import CaseContext
 from bench.results import Run
 
@@ -19,4 +26,7 @@ CASES: dict[str, CaseFunction] = {
     grpc_echo.CASE_NAME: grpc_echo.run,
     sqlite_commit.CASE_NAME: sqlite_commit.run,
     edge_reserve.CASE_NAME: edge_reserve.run,
+    nats_publish.CASE_NAME: nats_publish.run,
+    sync_lag.CASE_NAME: sync_lag.run,
+    sync_catchup.CASE_NAME: sync_catchup.run,
 }

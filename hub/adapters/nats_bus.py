@@ -29,7 +29,10 @@ from server.sync.connection import BusConnection
 log = structlog.get_logger("stockd.hub.bus")
 
 CONSUMER_NAME = "stockd-hub"
-FETCH_BATCH = 256
+FETCH_BATCH = 64
+# Ingest is CPU work on the event loop; applying at most this many entries per
+# transaction keeps reads (ATP) answered within their budget during a catch-up.
+EVENTS_PER_INGEST_MAX = 2_000
 ACK_WAIT_SECONDS = 30.0
 COMMANDS_PER_ROUND_MAX = 512
 PUBLISH_TIMEOUT_SECONDS = 5.0
