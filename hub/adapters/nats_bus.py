@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
 from hub.adapters import wire
-from hub.domain.incoming import Rejected
+from hub.domain.incoming import EventsIn, Incoming, Rejected
 from hub.service.engine import HubEngine
 from server.sync import streams
 from server.sync.connection import BusConnection
@@ -113,15 +113,28 @@ class HubBus:
 
     async def _handle(self, messages: list[Msg]) -> None:
         parsed = [wire.parse(message.subject, message.data) for message in messages]
+        group: list[tuple[Msg, Incoming]] = []
+        events = 0
+        for message, incoming in zip(messages, parsed, strict=True):
+            group.append((message, incoming))
+            events += len(incoming.events) if isinstance(incoming, EventsIn) else 1
+            if events >= EVENTS_PER_INGEST_MAX:
+                await self._ingest_group(group)
+                group, events = [], 0
+                await asyncio.sleep(0)  # let waiting reads run between transactions
+        if group:
+            await self._ingest_group(group)
+
+    async def _ingest_group(self, group: list[tuple[Msg, Incoming]]) -> None:
         try:
-            outcomes = await self.engine.ingest(parsed)
+            outcomes = await self.engine.ingest([incoming for _, incoming in group])
         except Exception:
-            log.exception("hub_ingest_failed", messages=len(messages))
-            for message in messages:
+            log.exception("hub_ingest_failed", messages=len(group))
+            for message, _ in group:
                 with contextlib.suppress(Exception):
                     await message.nak(delay=1.0)
             return
-        for message, outcome in zip(messages, outcomes, strict=True):
+        for (message, _), outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, Rejected):
                 await self._dead_letter(message, outcome)
             with contextlib.suppress(Exception):
