@@ -100,6 +100,7 @@ def reservation_to_proto(reservation: Reservation) -> common_pb2.Reservation:
         created_at=timestamp(reservation.created_at_ms),
         actor=reservation.actor,
         created_sequence=reservation.created_sequence,
+        hub_promise_id=reservation.hub_promise_id,
     )
     if reservation.expires_at_ms:
         message.expires_at.CopyFrom(timestamp(reservation.expires_at_ms))

@@ -373,6 +373,18 @@ class EdgeSync:
                     ),
                     meta=meta,
                 )
+            elif body == "promise_hold":
+                hold = command.promise_hold
+                await self.engine.execute_internal(
+                    c.HoldForPromise(hold.promise_id, hold.sku, hold.quantity, sequence),
+                    meta=meta,
+                )
+            elif body == "promise_release":
+                release = command.promise_release
+                await self.engine.execute_internal(
+                    c.ReleaseForPromise(release.promise_id, release.sku, release.quantity),
+                    meta=meta,
+                )
             elif body == "item_update":
                 await self.engine.execute_internal(
                     c.UpsertItem(convert.item_from_proto(command.item_update)), meta=meta

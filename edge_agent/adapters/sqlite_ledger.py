@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS events (
   channel TEXT NOT NULL,
   customer_tier TEXT NOT NULL,
   expires_at_ms INTEGER NOT NULL,
-  local_share_delta INTEGER NOT NULL
+  local_share_delta INTEGER NOT NULL,
+  hub_promise_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sku ON events (sku, sequence);
 CREATE TABLE IF NOT EXISTS balances (
@@ -96,7 +97,8 @@ CREATE TABLE IF NOT EXISTS reservations (
   expires_at_ms INTEGER NOT NULL,
   actor TEXT NOT NULL,
   created_sequence INTEGER NOT NULL,
-  updated_sequence INTEGER NOT NULL
+  updated_sequence INTEGER NOT NULL,
+  hub_promise_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reservations_by_state ON reservations (state, created_sequence);
 CREATE TABLE IF NOT EXISTS reservation_lines (
@@ -122,13 +124,13 @@ EVENT_COLUMNS = (
     "sequence, hlc, recorded_at_ms, type, sku, location_id, status, quantity, reservation_id, "
     "actor, reason, reason_code, request_id, variance, to_status, to_location_id, "
     "counterparty_site_id, reservation_kind, reference, channel, customer_tier, expires_at_ms, "
-    "local_share_delta"
+    "local_share_delta, hub_promise_id"
 )
-_EVENT_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+_EVENT_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join('?' * 24)})"
 
 EventRow = tuple[
     int, int, int, int, str, str, int, int, str, str, str, int, str, int, int, str, str, int,
-    str, str, str, int, int,
+    str, str, str, int, int, str,
 ]
 
 
@@ -163,7 +165,7 @@ def event_to_row(event: LedgerEvent) -> EventRow:
         event.actor, event.reason, int(event.reason_code), event.request_id, event.variance,
         int(event.to_status), event.to_location_id, event.counterparty_site_id,
         int(event.reservation_kind), event.reference, event.channel, event.customer_tier,
-        event.expires_at_ms, event.local_share_delta,
+        event.expires_at_ms, event.local_share_delta, event.hub_promise_id,
     )  # fmt: skip
 
 
@@ -193,6 +195,7 @@ def row_to_event(row: tuple[object, ...] | sqlite3.Row) -> LedgerEvent:
         customer_tier=str(values[20]),
         expires_at_ms=int(values[21]),
         local_share_delta=int(values[22]),
+        hub_promise_id=str(values[23]),
     )
 
 
@@ -265,6 +268,8 @@ def load(connection: sqlite3.Connection, site_id: str) -> EdgeLedger:
                 balance.reserved_hard += line.held
             else:
                 balance.reserved_soft += line.held
+            if reservation.hub_promise_id:
+                balance.reserved_hub += line.held
             if line.held:
                 ledger.open_by_sku.setdefault(line.sku, set()).add(reservation.reservation_id)
     ledger.expiry_heap.sort()
@@ -278,7 +283,7 @@ def load(connection: sqlite3.Connection, site_id: str) -> EdgeLedger:
 def _row_to_reservation(row: tuple[object, ...]) -> Reservation:
     (
         reservation_id, request_id, kind, state, channel, tier, reference, created_at_ms,
-        expires_at_ms, actor, created_sequence, updated_sequence,
+        expires_at_ms, actor, created_sequence, updated_sequence, hub_promise_id,
     ) = row  # fmt: skip
     return Reservation(
         reservation_id=str(reservation_id),
@@ -293,6 +298,7 @@ def _row_to_reservation(row: tuple[object, ...]) -> Reservation:
         created_sequence=int(created_sequence),  # type: ignore[call-overload]
         state=ReservationState(int(state)),  # type: ignore[call-overload]
         updated_sequence=int(updated_sequence),  # type: ignore[call-overload]
+        hub_promise_id=str(hub_promise_id),
     )
 
 
@@ -328,12 +334,12 @@ def write_batch(connection: sqlite3.Connection, rows: BatchRows) -> None:
             )
         if rows.reservations:
             connection.executemany(
-                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO reservations VALUES ({', '.join('?' * 13)})",
                 [
                     (
                         r.reservation_id, r.request_id, int(r.kind), int(r.state), r.channel,
                         r.customer_tier, r.reference, r.created_at_ms, r.expires_at_ms, r.actor,
-                        r.created_sequence, r.updated_sequence,
+                        r.created_sequence, r.updated_sequence, r.hub_promise_id,
                     )
                     for r in rows.reservations
                 ],

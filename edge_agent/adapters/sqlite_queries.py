@@ -109,6 +109,7 @@ class LedgerQueries:
             (
                 reservation_id, request_id, kind, state, channel, tier, reference,
                 created_at_ms, expires_at_ms, actor, created_sequence, updated_sequence,
+                hub_promise_id,
             ) = tuple(row)  # fmt: skip
             found[str(reservation_id)] = Reservation(
                 reservation_id=str(reservation_id),
@@ -123,6 +124,7 @@ class LedgerQueries:
                 created_sequence=int(created_sequence),
                 state=ReservationState(state),
                 updated_sequence=int(updated_sequence),
+                hub_promise_id=str(hub_promise_id),
             )
         if found:
             marks = ", ".join("?" * len(found))

@@ -169,6 +169,25 @@ class ReturnQuota:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldForPromise:
+    """A hard reservation for a hub promise, drawn on the hub's share (command)."""
+
+    promise_id: str
+    sku: str
+    quantity: int
+    command_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseForPromise:
+    """Gives back units held for a hub promise (command)."""
+
+    promise_id: str
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
 class AdoptShares:
     """Makes every SKU's local share explicit when a hub starts managing shares."""
 
@@ -188,4 +207,6 @@ Command = (
     | GrantQuota
     | ReturnQuota
     | AdoptShares
+    | HoldForPromise
+    | ReleaseForPromise
 )

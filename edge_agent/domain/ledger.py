@@ -70,6 +70,12 @@ class Balance:
     reserved_soft: int = 0
     reserved_hard: int = 0
     local_share: int = 0
+    # Held for hub promises (part of reserved_hard): drawn on the hub's share.
+    reserved_hub: int = 0
+
+    @property
+    def reserved_local(self) -> int:
+        return self.reserved_soft + self.reserved_hard - self.reserved_hub
 
     @property
     def reserved(self) -> int:
@@ -115,6 +121,7 @@ class Reservation:
     lines: dict[str, HeldLine] = field(default_factory=dict)
     state: ReservationState = ReservationState.OPEN
     updated_sequence: int = 0
+    hub_promise_id: str = ""
 
     @property
     def held(self) -> int:
@@ -171,13 +178,14 @@ class EdgeLedger:
         item = self.items.get(sku)
         safety = item.safety_stock if item is not None else 0
         if self.hub_mode:
-            return max(0, min(balance.local_share, balance.sellable - safety) - balance.reserved)
+            room = min(balance.local_share, balance.sellable - safety - balance.reserved_hub)
+            return max(0, room - balance.reserved_local)
         return max(0, balance.sellable - safety - balance.reserved)
 
     def local_free(self, sku: str) -> int:
-        """Local share not held by reservations (what may be returned to the hub)."""
+        """Local share not held by local reservations (what may go back to the hub)."""
         balance = self.balance(sku)
-        return max(0, self.local_share(sku) - balance.reserved)
+        return max(0, self.local_share(sku) - balance.reserved_local)
 
     def reservation_state(self, reservation_id: str) -> Reservation | None:
         return self.reservations.get(reservation_id) or self.dirty_reservations.get(
@@ -260,6 +268,7 @@ class EdgeLedger:
                 expires_at_ms=event.expires_at_ms,
                 actor=event.actor,
                 created_sequence=event.sequence,
+                hub_promise_id=event.hub_promise_id,
             )
             self.reservations[event.reservation_id] = reservation
             if reservation.kind is ReservationKind.SOFT:
@@ -274,6 +283,8 @@ class EdgeLedger:
             balance.reserved_hard += event.quantity
         else:
             balance.reserved_soft += event.quantity
+        if reservation.hub_promise_id:
+            balance.reserved_hub += event.quantity
         assert balance.reserved <= balance.sellable, "reserved above sellable on-hand"
         self.dirty_reservations[reservation.reservation_id] = reservation
         self.dirty_skus.add(event.sku)
@@ -288,6 +299,8 @@ class EdgeLedger:
             balance.reserved_hard -= event.quantity
         else:
             balance.reserved_soft -= event.quantity
+        if reservation.hub_promise_id:
+            balance.reserved_hub -= event.quantity
         if event.type is EventType.PICKED:
             line.picked += event.quantity
             self._move(event.sku, event.location_id, StockStatus.SELLABLE, -event.quantity)
@@ -347,6 +360,14 @@ class EdgeLedger:
             return self._stamp(self._decide_return(command, ctx), ctx)
         if isinstance(command, c.AdoptShares):
             return self._stamp(self._decide_adopt(ctx), ctx)
+        if isinstance(command, c.HoldForPromise):
+            reservation_id = (
+                f"hub-{command.promise_id}-{command.sku}-{command.command_sequence}"
+            )
+            drafts = self._decide_hold(command, reservation_id)
+            return self._stamp(drafts, ctx, reservation_id=reservation_id if drafts else "")
+        if isinstance(command, c.ReleaseForPromise):
+            return self._stamp(self._decide_release_promise(command), ctx)
         raise TypeError(f"not a ledger command: {type(command).__name__}")
 
     def _stamp(
@@ -456,8 +477,9 @@ class EdgeLedger:
         if not self.hub_mode or shrink <= 0:
             return 0
         balance = self.balance(sku)
-        free = max(0, balance.local_share - balance.reserved)
-        after = min(balance.local_share - min(shrink, free), max(0, new_sellable))
+        free = max(0, balance.local_share - balance.reserved_local)
+        physical_room = max(0, new_sellable - balance.reserved_hub)
+        after = min(balance.local_share - min(shrink, free), physical_room)
         return min(0, after - balance.local_share)
 
     def _growth_delta(self, quantity: int) -> int:
@@ -473,10 +495,12 @@ class EdgeLedger:
     ) -> list[LedgerEvent]:
         """Releases reservations (soft first, newest first) so reserved fits the stock."""
         balance = self.balance(sku)
-        limit = max(0, new_sellable)
+        # Units held for hub promises are the hub's to resolve (DESIGN, rule 6):
+        # only the site's own reservations give way here.
+        limit = max(0, new_sellable - balance.reserved_hub)
         if self.hub_mode:
             limit = min(limit, balance.local_share + share_delta)
-        excess = balance.reserved - limit
+        excess = balance.reserved_local - limit
         if excess <= 0:
             return []
         if not allowed:
@@ -489,7 +513,11 @@ class EdgeLedger:
                     "sellable_after": str(max(0, new_sellable)),
                 },
             )
-        candidates = [self.reservations[rid] for rid in self.open_by_sku.get(sku, ())]
+        candidates = [
+            self.reservations[rid]
+            for rid in self.open_by_sku.get(sku, ())
+            if not self.reservations[rid].hub_promise_id
+        ]
         candidates.sort(
             key=lambda r: (r.kind is ReservationKind.HARD, -r.created_sequence)
         )
@@ -1058,7 +1086,10 @@ class EdgeLedger:
                 quantity=quantity,
                 reservation_id=reservation.reservation_id,
                 reservation_kind=reservation.kind,
-                local_share_delta=-self._growth_delta(quantity),
+                local_share_delta=(
+                    0 if reservation.hub_promise_id else -self._growth_delta(quantity)
+                ),
+                hub_promise_id=reservation.hub_promise_id,
             )
             for (sku, location), quantity in per_bucket.items()
         ]
@@ -1149,6 +1180,63 @@ class EdgeLedger:
                 local_share_delta=-quantity,
             )
         ]
+
+    def _decide_hold(self, command: c.HoldForPromise, reservation_id: str) -> list[LedgerEvent]:
+        """Holds units the hub promised: physically free units, not the local share."""
+        violations = Violations()
+        _check_sku(violations, "sku", command.sku)
+        _check_positive(violations, "quantity", command.quantity)
+        _check_id(violations, "promise_id", command.promise_id)
+        violations.raise_if_any()
+        self._item(command.sku, "sku")
+        balance = self.balance(command.sku)
+        quantity = min(command.quantity, max(0, balance.sellable - balance.reserved))
+        if quantity <= 0:
+            return []
+        return [
+            _draft(
+                EventType.RESERVED,
+                sku=command.sku,
+                quantity=quantity,
+                reservation_id=reservation_id,
+                reservation_kind=ReservationKind.HARD,
+                channel="hub",
+                reference=f"promise:{command.promise_id}",
+                reason="hub_promise",
+                hub_promise_id=command.promise_id,
+            )
+        ]
+
+    def _decide_release_promise(self, command: c.ReleaseForPromise) -> list[LedgerEvent]:
+        held = sorted(
+            (
+                reservation
+                for reservation in self.reservations.values()
+                if reservation.hub_promise_id == command.promise_id
+                and command.sku in reservation.lines
+                and reservation.lines[command.sku].held
+            ),
+            key=lambda r: -r.created_sequence,
+        )
+        left = command.quantity
+        drafts: list[LedgerEvent] = []
+        for reservation in held:
+            if left <= 0:
+                break
+            take = min(left, reservation.lines[command.sku].held)
+            left -= take
+            drafts.append(
+                _draft(
+                    EventType.RELEASED,
+                    sku=command.sku,
+                    quantity=take,
+                    reservation_id=reservation.reservation_id,
+                    reservation_kind=reservation.kind,
+                    reason="hub_release",
+                    hub_promise_id=command.promise_id,
+                )
+            )
+        return drafts
 
     def _decide_adopt(self, ctx: c.Context) -> list[LedgerEvent]:
         """Sets each local share to what the site could promise on its own."""

@@ -82,6 +82,7 @@ class Command:
     quantity: int = 0
     from_sequence: int = 0
     reason: str = ""
+    promise_id: str = ""
 
 
 @dataclass(slots=True)
@@ -95,6 +96,8 @@ class HubView:
     dirty_balances: set[tuple[str, str]] = field(default_factory=set)
     new_commands: list[Command] = field(default_factory=list)
     settled_grants: set[tuple[str, int]] = field(default_factory=set)
+    # (site, sku, promise_id, quantity) picked since the last drain, for the promise book.
+    hub_picks: list[tuple[str, str, str, int]] = field(default_factory=list)
 
     def site(self, site_id: str) -> SiteState:
         state = self.sites.get(site_id)
@@ -187,6 +190,13 @@ class HubView:
             self._reserve(balance, event.reservation_kind, -event.quantity)
             balance.sellable -= event.quantity
             balance.total -= event.quantity
+            if event.hub_promise_id:
+                # Rule 5: picking a hub promise lowers the hub's share with it.
+                balance.hub_share = max(0, balance.hub_share - event.quantity)
+                balance.hub_reserved = max(0, balance.hub_reserved - event.quantity)
+                self.hub_picks.append(
+                    (site_id, event.sku, event.hub_promise_id, event.quantity)
+                )
         elif kind is EventType.QUOTA_GRANTED:
             if event.reference.startswith("cmd:"):
                 key = (site_id, int(event.reference[4:]))

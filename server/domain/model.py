@@ -135,3 +135,4 @@ class LedgerEvent:
     customer_tier: str = ""
     expires_at_ms: int = 0
     local_share_delta: int = 0
+    hub_promise_id: str = ""

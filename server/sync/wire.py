@@ -43,6 +43,7 @@ def event_to_proto(event: LedgerEvent, site_id: str) -> common_pb2.LedgerEvent:
         reservation_kind=common_pb2.ReservationKind.ValueType(int(event.reservation_kind)),
         reference=event.reference,
         local_share_delta=event.local_share_delta,
+        hub_promise_id=event.hub_promise_id,
     )
 
 
@@ -69,4 +70,5 @@ def event_from_proto(message: common_pb2.LedgerEvent) -> LedgerEvent:
         reservation_kind=ReservationKind(message.reservation_kind),
         reference=message.reference,
         local_share_delta=message.local_share_delta,
+        hub_promise_id=message.hub_promise_id,
     )

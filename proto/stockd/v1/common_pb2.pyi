@@ -631,6 +631,7 @@ class Reservation(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     CREATED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    HUB_PROMISE_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Server-assigned id."""
     request_id: _builtins.str
@@ -649,6 +650,10 @@ class Reservation(_message.Message):
     """Who made it."""
     created_sequence: _builtins.int
     """Ledger sequence of the entry that made it."""
+    hub_promise_id: _builtins.str
+    """Set when the hub made it for one of its promises (drawn on the hub's
+    share, released only by the hub).
+    """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
         """The lines."""
@@ -676,10 +681,11 @@ class Reservation(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         actor: _builtins.str = ...,
         created_sequence: _builtins.int = ...,
+        hub_promise_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "channel", b"channel", "created_at", b"created_at", "created_sequence", b"created_sequence", "customer_tier", b"customer_tier", "expires_at", b"expires_at", "kind", b"kind", "lines", b"lines", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "channel", b"channel", "created_at", b"created_at", "created_sequence", b"created_sequence", "customer_tier", b"customer_tier", "expires_at", b"expires_at", "hub_promise_id", b"hub_promise_id", "kind", b"kind", "lines", b"lines", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -714,6 +720,7 @@ class LedgerEvent(_message.Message):
     RESERVATION_KIND_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     LOCAL_SHARE_DELTA_FIELD_NUMBER: _builtins.int
+    HUB_PROMISE_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Per-site sequence number, gapless from 1."""
     hlc: _builtins.int
@@ -760,6 +767,10 @@ class LedgerEvent(_message.Message):
     """Change of the site's local share (escrow) caused by the entry, when a hub
     manages shares; 0 otherwise.
     """
+    hub_promise_id: _builtins.str
+    """For reservations made for a hub promise (drawn on the hub's share): the
+    promise id.
+    """
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """Wall-clock time the entry was recorded."""
@@ -788,10 +799,11 @@ class LedgerEvent(_message.Message):
         reservation_kind: Global___ReservationKind.ValueType = ...,
         reference: _builtins.str = ...,
         local_share_delta: _builtins.int = ...,
+        hub_promise_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "counterparty_site_id", b"counterparty_site_id", "hlc", b"hlc", "local_share_delta", b"local_share_delta", "location_id", b"location_id", "quantity", b"quantity", "reason", b"reason", "reason_code", b"reason_code", "recorded_at", b"recorded_at", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "reservation_kind", b"reservation_kind", "sequence", b"sequence", "site_id", b"site_id", "sku", b"sku", "status", b"status", "to_location_id", b"to_location_id", "to_status", b"to_status", "type", b"type", "variance", b"variance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "counterparty_site_id", b"counterparty_site_id", "hlc", b"hlc", "hub_promise_id", b"hub_promise_id", "local_share_delta", b"local_share_delta", "location_id", b"location_id", "quantity", b"quantity", "reason", b"reason", "reason_code", b"reason_code", "recorded_at", b"recorded_at", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "reservation_kind", b"reservation_kind", "sequence", b"sequence", "site_id", b"site_id", "sku", b"sku", "status", b"status", "to_location_id", b"to_location_id", "to_status", b"to_status", "type", b"type", "variance", b"variance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

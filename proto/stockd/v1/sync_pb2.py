@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stockd.v1 import common_pb2 as stockd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14stockd/v1/sync.proto\x12\tstockd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16stockd/v1/common.proto\"\xb1\x01\n\x0b\x45\x64geMessage\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x15.stockd.v1.EventBatchH\x00\x12.\n\x08\x63hecksum\x18\x03 \x01(\x0b\x32\x1a.stockd.v1.BalanceChecksumH\x00\x12\x30\n\rquota_request\x18\x04 \x01(\x0b\x32\x17.stockd.v1.QuotaRequestH\x00\x42\x06\n\x04\x62ody\"\x95\x01\n\nEventBatch\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\x12&\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x16.stockd.v1.LedgerEvent\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x0f\x42\x61lanceChecksum\x12\x16\n\x0e\x61s_of_sequence\x18\x01 \x01(\x04\x12\x11\n\tsku_count\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"A\n\x0cQuotaRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nlocal_free\x18\x03 \x01(\x03\"\xa8\x02\n\nHubCommand\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10\x63ommand_sequence\x18\x02 \x01(\x04\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0bquota_grant\x18\n \x01(\x0b\x32\x15.stockd.v1.QuotaGrantH\x00\x12.\n\x0cquota_recall\x18\x0b \x01(\x0b\x32\x16.stockd.v1.QuotaRecallH\x00\x12&\n\x0bitem_update\x18\x0c \x01(\x0b\x32\x0f.stockd.v1.ItemH\x00\x12\x32\n\x0ereplay_request\x18\r \x01(\x0b\x32\x18.stockd.v1.ReplayRequestH\x00\x42\x06\n\x04\x62ody\"+\n\nQuotaGrant\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\",\n\x0bQuotaRecall\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"6\n\rReplayRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14stockd/v1/sync.proto\x12\tstockd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16stockd/v1/common.proto\"\xb1\x01\n\x0b\x45\x64geMessage\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x15.stockd.v1.EventBatchH\x00\x12.\n\x08\x63hecksum\x18\x03 \x01(\x0b\x32\x1a.stockd.v1.BalanceChecksumH\x00\x12\x30\n\rquota_request\x18\x04 \x01(\x0b\x32\x17.stockd.v1.QuotaRequestH\x00\x42\x06\n\x04\x62ody\"\x95\x01\n\nEventBatch\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\x12&\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x16.stockd.v1.LedgerEvent\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x0f\x42\x61lanceChecksum\x12\x16\n\x0e\x61s_of_sequence\x18\x01 \x01(\x04\x12\x11\n\tsku_count\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"A\n\x0cQuotaRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nlocal_free\x18\x03 \x01(\x03\"\x8e\x03\n\nHubCommand\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10\x63ommand_sequence\x18\x02 \x01(\x04\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0bquota_grant\x18\n \x01(\x0b\x32\x15.stockd.v1.QuotaGrantH\x00\x12.\n\x0cquota_recall\x18\x0b \x01(\x0b\x32\x16.stockd.v1.QuotaRecallH\x00\x12&\n\x0bitem_update\x18\x0c \x01(\x0b\x32\x0f.stockd.v1.ItemH\x00\x12\x32\n\x0ereplay_request\x18\r \x01(\x0b\x32\x18.stockd.v1.ReplayRequestH\x00\x12.\n\x0cpromise_hold\x18\x0e \x01(\x0b\x32\x16.stockd.v1.PromiseHoldH\x00\x12\x34\n\x0fpromise_release\x18\x0f \x01(\x0b\x32\x19.stockd.v1.PromiseReleaseH\x00\x42\x06\n\x04\x62ody\"@\n\x0bPromiseHold\x12\x12\n\npromise_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"C\n\x0ePromiseRelease\x12\x12\n\npromise_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"+\n\nQuotaGrant\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\",\n\x0bQuotaRecall\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"6\n\rReplayRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,11 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUOTAREQUEST']._serialized_start=502
   _globals['_QUOTAREQUEST']._serialized_end=567
   _globals['_HUBCOMMAND']._serialized_start=570
-  _globals['_HUBCOMMAND']._serialized_end=866
-  _globals['_QUOTAGRANT']._serialized_start=868
-  _globals['_QUOTAGRANT']._serialized_end=911
-  _globals['_QUOTARECALL']._serialized_start=913
-  _globals['_QUOTARECALL']._serialized_end=957
-  _globals['_REPLAYREQUEST']._serialized_start=959
-  _globals['_REPLAYREQUEST']._serialized_end=1013
+  _globals['_HUBCOMMAND']._serialized_end=968
+  _globals['_PROMISEHOLD']._serialized_start=970
+  _globals['_PROMISEHOLD']._serialized_end=1034
+  _globals['_PROMISERELEASE']._serialized_start=1036
+  _globals['_PROMISERELEASE']._serialized_end=1103
+  _globals['_QUOTAGRANT']._serialized_start=1105
+  _globals['_QUOTAGRANT']._serialized_end=1148
+  _globals['_QUOTARECALL']._serialized_start=1150
+  _globals['_QUOTARECALL']._serialized_end=1194
+  _globals['_REPLAYREQUEST']._serialized_start=1196
+  _globals['_REPLAYREQUEST']._serialized_end=1250
 # @@protoc_insertion_point(module_scope)

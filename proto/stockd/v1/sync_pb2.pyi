@@ -187,6 +187,8 @@ class HubCommand(_message.Message):
     QUOTA_RECALL_FIELD_NUMBER: _builtins.int
     ITEM_UPDATE_FIELD_NUMBER: _builtins.int
     REPLAY_REQUEST_FIELD_NUMBER: _builtins.int
+    PROMISE_HOLD_FIELD_NUMBER: _builtins.int
+    PROMISE_RELEASE_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
     """The destination site."""
     command_sequence: _builtins.int
@@ -211,6 +213,14 @@ class HubCommand(_message.Message):
     def replay_request(self) -> Global___ReplayRequest:
         """Publish the ledger again from a sequence (the hub lost its view)."""
 
+    @_builtins.property
+    def promise_hold(self) -> Global___PromiseHold:
+        """Hold units for a confirmed hub promise as a hard reservation."""
+
+    @_builtins.property
+    def promise_release(self) -> Global___PromiseRelease:
+        """Give back units held for a hub promise."""
+
     def __init__(
         self,
         *,
@@ -221,16 +231,80 @@ class HubCommand(_message.Message):
         quota_recall: Global___QuotaRecall | None = ...,
         item_update: _common_pb2.Item | None = ...,
         replay_request: Global___ReplayRequest | None = ...,
+        promise_hold: Global___PromiseHold | None = ...,
+        promise_release: Global___PromiseRelease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "issued_at", b"issued_at", "item_update", b"item_update", "quota_grant", b"quota_grant", "quota_recall", b"quota_recall", "replay_request", b"replay_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "issued_at", b"issued_at", "item_update", b"item_update", "promise_hold", b"promise_hold", "promise_release", b"promise_release", "quota_grant", b"quota_grant", "quota_recall", b"quota_recall", "replay_request", b"replay_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_sequence", b"command_sequence", "issued_at", b"issued_at", "item_update", b"item_update", "quota_grant", b"quota_grant", "quota_recall", b"quota_recall", "replay_request", b"replay_request", "site_id", b"site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_sequence", b"command_sequence", "issued_at", b"issued_at", "item_update", b"item_update", "promise_hold", b"promise_hold", "promise_release", b"promise_release", "quota_grant", b"quota_grant", "quota_recall", b"quota_recall", "replay_request", b"replay_request", "site_id", b"site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["quota_grant", "quota_recall", "item_update", "replay_request"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["quota_grant", "quota_recall", "item_update", "replay_request", "promise_hold", "promise_release"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___HubCommand: _TypeAlias = HubCommand  # noqa: Y015
+
+@_typing.final
+class PromiseHold(_message.Message):
+    """PromiseHold makes a hard reservation at the site for a hub promise, drawn
+    on the hub's share (not the site's local share).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMISE_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    promise_id: _builtins.str
+    """The hub promise."""
+    sku: _builtins.str
+    """The SKU."""
+    quantity: _builtins.int
+    """Units, in base units."""
+    def __init__(
+        self,
+        *,
+        promise_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promise_id", b"promise_id", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromiseHold: _TypeAlias = PromiseHold  # noqa: Y015
+
+@_typing.final
+class PromiseRelease(_message.Message):
+    """PromiseRelease gives back units held for a hub promise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMISE_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    promise_id: _builtins.str
+    """The hub promise."""
+    sku: _builtins.str
+    """The SKU."""
+    quantity: _builtins.int
+    """Units, in base units; at most what is held."""
+    def __init__(
+        self,
+        *,
+        promise_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promise_id", b"promise_id", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromiseRelease: _TypeAlias = PromiseRelease  # noqa: Y015
 
 @_typing.final
 class QuotaGrant(_message.Message):
