@@ -3,39 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
+import grpc
 import structlog
 import uvloop
 
 from hub import settings as hub_settings
 from hub.adapters import wire
+from hub.adapters.atp_servicer import AdminServicer, AtpServicer
 from hub.adapters.grpc_servicer import HubServicer
 from hub.adapters.nats_bus import HubBus
 from hub.service.engine import HubEngine
 from server.runtime.auth import Authenticator
 from server.runtime.grpc_server import GrpcServer, install_stop_signals
 from server.runtime.logging import configure_logging
-from stockd.v1 import hub_pb2_grpc
+from stockd.v1 import atp_pb2_grpc, hub_pb2_grpc
 
 log = structlog.get_logger("stockd.hub")
 
-SERVICE_NAME = "stockd.v1.HubInventoryService"
+SERVICE_NAMES = (
+    "stockd.v1.HubInventoryService",
+    "stockd.v1.HubAtpService",
+    "stockd.v1.HubAdminService",
+)
+EXPIRY_INTERVAL_SECONDS = 1.0
 
 
 async def serve(config: hub_settings.HubSettings, stop: asyncio.Event) -> None:
-    engine = HubEngine(config.db_path, wire.encode)
+    engine = HubEngine(config.db_path, wire.encode, stale_after_ms=config.stale_after_ms)
     await engine.start()
     bus = HubBus(engine, config.nats_url, replicas=config.nats_replicas)
     await bus.start()
-    servicer = HubServicer(engine, Authenticator(config.tokens))
-    server = GrpcServer(
-        config.listen,
-        lambda s: hub_pb2_grpc.add_HubInventoryServiceServicer_to_server(servicer, s),
-        [SERVICE_NAME],
-    )
+    auth = Authenticator(config.tokens)
+    servicer = HubServicer(engine, auth)
+    atp_servicer = AtpServicer(engine, auth)
+    admin_servicer = AdminServicer(engine, auth)
+
+    def register(server: grpc.aio.Server) -> None:
+        hub_pb2_grpc.add_HubInventoryServiceServicer_to_server(servicer, server)
+        atp_pb2_grpc.add_HubAtpServiceServicer_to_server(atp_servicer, server)
+        atp_pb2_grpc.add_HubAdminServiceServicer_to_server(admin_servicer, server)
+
+    server = GrpcServer(config.listen, register, SERVICE_NAMES)
+    expiry = asyncio.create_task(_expire_loop(engine, stop))
     try:
         port = await server.start()
         if config.port_file is not None:
@@ -45,11 +59,26 @@ async def serve(config: hub_settings.HubSettings, stop: asyncio.Event) -> None:
         log.info("server_started", port=port, db=str(config.db_path), nats=config.nats_url)
         await stop.wait()
         log.info("server_stopping")
+        atp_servicer.close_streams()
         await server.stop()
     finally:
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
         await bus.close()
         await engine.close()
         log.info("server_stopped")
+
+
+async def _expire_loop(engine: HubEngine, stop: asyncio.Event) -> None:
+    """Expires held promises whose TTL passed (and fills backorders they free)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=EXPIRY_INTERVAL_SECONDS)
+        try:
+            await engine.expire_promises()
+        except Exception:
+            log.exception("promise_expiry_failed")
 
 
 async def _main(config: hub_settings.HubSettings) -> None:

@@ -21,6 +21,7 @@ class HubSettings:
     log_level: str = "info"
     log_json: bool | None = None
     nats_replicas: int = 1
+    stale_after_ms: int = 60_000
 
 
 def load(
@@ -64,4 +65,5 @@ def load(
         log_level=str(pick(args.log_level, "STOCKD_LOG_LEVEL", "log_level", "info")),
         log_json=args.log_json,
         nats_replicas=int(file.get("sync", {}).get("replicas", 1)),
+        stale_after_ms=int(file.get("atp", {}).get("stale_after_ms", 60_000)),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
+from hub.adapters import promise_store
 from hub.domain.view import Command, HubView, SiteBalance, SiteState
 
 SCHEMA = """
@@ -94,10 +95,15 @@ class HubRows:
     grants_settled: list[tuple[str, int]] = field(default_factory=list)
     requests: list[tuple[str, str, bytes, bytes, int]] = field(default_factory=list)
     drift: list[tuple[str, int, int, str]] = field(default_factory=list)
+    catalog: list[promise_store.CatalogRow] = field(default_factory=list)
+    catalog_deleted: list[tuple[str, str]] = field(default_factory=list)
+    promises: list[tuple[str, int, str, int, str]] = field(default_factory=list)
+    decisions: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def initialise(connection: sqlite3.Connection) -> None:
     connection.executescript(SCHEMA)
+    promise_store.initialise(connection)
 
 
 def load(connection: sqlite3.Connection) -> HubView:
@@ -156,6 +162,9 @@ def write(connection: sqlite3.Connection, rows: HubRows) -> None:
                 "VALUES (?, ?, ?, ?)",
                 rows.drift,
             )
+        promise_store.write(
+            connection, rows.catalog, rows.catalog_deleted, rows.promises, rows.decisions
+        )
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")

@@ -83,6 +83,18 @@ def encode(command: Command, now_ms: int) -> bytes:
         message.quota_recall.CopyFrom(
             sync_pb2.QuotaRecall(sku=command.sku, quantity=command.quantity)
         )
+    elif command.kind == "promise_hold":
+        message.promise_hold.CopyFrom(
+            sync_pb2.PromiseHold(
+                promise_id=command.promise_id, sku=command.sku, quantity=command.quantity
+            )
+        )
+    elif command.kind == "promise_release":
+        message.promise_release.CopyFrom(
+            sync_pb2.PromiseRelease(
+                promise_id=command.promise_id, sku=command.sku, quantity=command.quantity
+            )
+        )
     elif command.kind == "replay_request":
         message.replay_request.CopyFrom(
             sync_pb2.ReplayRequest(from_sequence=command.from_sequence, reason=command.reason)

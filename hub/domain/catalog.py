@@ -10,6 +10,7 @@ SKUs it is about (never a scan of the catalogue).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -216,7 +217,7 @@ class Catalog:
         """Rules naming this SKU plus rules for every SKU (sku == "")."""
         return [*self.rules_by_sku.get(sku, {}).values(), *self.rules_by_sku.get("", {}).values()]
 
-    def pool_sites(self, demand: Demand, known_sites: dict[str, object]) -> list[str]:
+    def pool_sites(self, demand: Demand, known_sites: Mapping[str, object]) -> list[str]:
         """Sites that may serve the demand, in preference order.
 
         A named pool gives its sites in its order; otherwise every pool serving

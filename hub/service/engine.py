@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from hub.adapters import sqlite_store
+from hub.adapters import promise_store, sqlite_store
+from hub.domain import atp
+from hub.domain.catalog import Catalog, Demand
 from hub.domain.incoming import ChecksumIn, EventsIn, Incoming, QuotaRequestIn, Rejected
+from hub.domain.promises import Decision, Promise, PromiseBook, PromiseRequestLine
 from hub.domain.view import Command, HubView, SiteBalance
 from server.domain.errors import RequestIdReused
 from server.storage.sqlite import SqliteWorker
@@ -56,12 +60,19 @@ class HubEngine:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _replay_asked_ms: dict[str, int] = field(default_factory=dict)
     commands_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    catalog: Catalog = field(init=False)
+    book: PromiseBook = field(init=False)
+    decision_listeners: list[Callable[[list[Decision]], None]] = field(default_factory=list)
+    _catalog_rows: list[promise_store.CatalogRow] = field(default_factory=list)
+    _catalog_deleted: list[tuple[str, str]] = field(default_factory=list)
+    stale_after_ms: int = 60_000
 
     async def start(self) -> None:
         self._worker = SqliteWorker(self.db_path, "hub-writer")
         await self._worker.open()
         await self._worker.run(sqlite_store.initialise)
         self.view = await self._worker.run(sqlite_store.load)
+        self.catalog, self.book = await self._worker.run(promise_store.load)
         self.commands_ready.set()
         log.info(
             "hub_view_loaded",
@@ -118,8 +129,25 @@ class HubEngine:
                             quantity=quantity,
                         )
                 outcomes.append(None)
+            self._after_view_change(now_ms)
             await self._commit(now_ms, drift=drift)
             return outcomes
+
+    def _after_view_change(self, now_ms: int) -> None:
+        """Promise bookkeeping that follows the sites' entries: picks, conflicts, backorders."""
+        picks, self.view.hub_picks = self.view.hub_picks, []
+        for site_id, sku, promise_id, quantity in picks:
+            self.book.on_picked(site_id, sku, promise_id, quantity)
+        for key in list(self.view.dirty_balances):
+            balance = self.view.balances.get(key)
+            if balance is not None and balance.hub_reserved > balance.hub_share:
+                moved = self.book.resolve_conflicts(self.catalog, self.view, *key, now_ms)
+                if moved:
+                    log.warning(
+                        "promises_resourced", site_id=key[0], sku=key[1], quantity=moved
+                    )
+        if self.book.backorders:
+            self.book.fill_backorders(self.catalog, self.view, now_ms)
 
     def _ask_replay(self, site_id: str, from_sequence: int, now_ms: int, reason: str) -> None:
         if now_ms - self._replay_asked_ms.get(site_id, 0) < REPLAY_REQUEST_INTERVAL_MS:
@@ -135,6 +163,7 @@ class HubEngine:
         requests: list[tuple[str, str, bytes, bytes, int]] | None = None,
         drift: list[tuple[str, int, int, str]] | None = None,
     ) -> None:
+        promise_ids, decisions = self.book.drain()
         sites, balances, commands, settled = self.view.drain()
         rows = sqlite_store.HubRows(
             sites=[self.view.sites[site] for site in sites],
@@ -148,15 +177,27 @@ class HubEngine:
             grants_settled=sorted(settled),
             requests=requests or [],
             drift=drift or [],
+            catalog=self._catalog_rows,
+            catalog_deleted=self._catalog_deleted,
+            promises=[
+                promise_store.promise_row(self.book.promises[promise_id])
+                for promise_id in sorted(promise_ids)
+            ],
+            decisions=[promise_store.decision_row(decision) for decision in decisions],
         )
+        self._catalog_rows, self._catalog_deleted = [], []
         try:
             await self._worker.run(lambda conn: sqlite_store.write(conn, rows))
         except Exception:
             log.exception("hub_commit_failed")
             self.view = await self._worker.run(sqlite_store.load)
+            self.catalog, self.book = await self._worker.run(promise_store.load)
             raise
         if commands:
             self.commands_ready.set()
+        if decisions:
+            for listener in list(self.decision_listeners):
+                listener(decisions)
 
     # ----- admin: escrow shares ----------------------------------------------
 
@@ -204,8 +245,120 @@ class HubEngine:
                 return stored[1]
             now_ms = self.clock()
             response = action()
+            if self.book.dirty:
+                self._catalog_rows.append(promise_store.usage_row(self.catalog))
             await self._commit(now_ms, requests=[(request_id, rpc, digest, response, now_ms)])
             return response
+
+    # ----- ATP and promises --------------------------------------------------------
+
+    def check(
+        self,
+        queries: Sequence[atp.LineQuery],
+        demand: Demand,
+        *,
+        horizon_days: int = 14,
+        bucket_days: int = 1,
+        include_substitutes: bool = False,
+    ) -> list[atp.LineAnswer]:
+        """ATP from memory: synchronous, so it sees one consistent view."""
+        return atp.check(
+            self.catalog,
+            self.view,
+            queries,
+            demand,
+            self.clock(),
+            horizon_days=horizon_days,
+            bucket_days=bucket_days,
+            include_substitutes=include_substitutes,
+            stale_after_ms=self.stale_after_ms,
+        )
+
+    async def promise(
+        self,
+        request_id: str,
+        payload: bytes,
+        *,
+        lines: Sequence[PromiseRequestLine],
+        demand: Demand,
+        reference: str,
+        ttl_ms: int,
+        allow_partial: bool,
+        render: Callable[[Promise], bytes],
+    ) -> bytes:
+        def action() -> bytes:
+            promise = self.book.promise(
+                self.catalog,
+                self.view,
+                promise_id=uuid.uuid4().hex,
+                request_id=request_id,
+                lines=lines,
+                demand=demand,
+                reference=reference,
+                ttl_ms=ttl_ms,
+                allow_partial=allow_partial,
+                now_ms=self.clock(),
+            )
+            return render(promise)
+
+        return await self._idempotent("Promise", request_id, payload, action)
+
+    async def confirm(
+        self, request_id: str, payload: bytes, promise_id: str, render: Callable[[Promise], bytes]
+    ) -> bytes:
+        return await self._idempotent(
+            "ConfirmPromise",
+            request_id,
+            payload,
+            lambda: render(self.book.confirm(self.view, promise_id, self.clock())),
+        )
+
+    async def release_promise(
+        self, request_id: str, payload: bytes, promise_id: str, render: Callable[[Promise], bytes]
+    ) -> bytes:
+        def action() -> bytes:
+            promise = self.book.release(self.view, promise_id, self.clock())
+            if self.book.backorders:
+                self.book.fill_backorders(self.catalog, self.view, self.clock())
+            return render(promise)
+
+        return await self._idempotent("ReleasePromise", request_id, payload, action)
+
+    async def admin(
+        self,
+        rpc: str,
+        request_id: str,
+        payload: bytes,
+        change: Callable[[Catalog], tuple[list[promise_store.CatalogRow], bytes]],
+    ) -> bytes:
+        """Applies a catalogue change idempotently, in one transaction with its rows."""
+
+        def action() -> bytes:
+            rows, response = change(self.catalog)
+            self._catalog_rows.extend(rows)
+            if self.book.backorders:
+                self.book.fill_backorders(self.catalog, self.view, self.clock())
+            return response
+
+        return await self._idempotent(rpc, request_id, payload, action)
+
+    async def expire_promises(self) -> int:
+        async with self._lock:
+            now_ms = self.clock()
+            expired = self.book.expire_due(self.view, now_ms)
+            if not expired:
+                return 0
+            if self.book.backorders:
+                self.book.fill_backorders(self.catalog, self.view, now_ms)
+            self._catalog_rows.append(promise_store.usage_row(self.catalog))
+            await self._commit(now_ms)
+            log.info("promises_expired", count=len(expired))
+            return len(expired)
+
+    async def list_decisions(self, promise_id: str, after: int, limit: int) -> list[Decision]:
+        return await self._worker.run(
+            lambda conn: promise_store.list_decisions(conn, promise_id, after, limit)
+        )
 
     # ----- command outbox --------------------------------------------------------
 

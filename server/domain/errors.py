@@ -83,6 +83,10 @@ class UnknownSite(NotFound):
     reason = "ERROR_REASON_UNKNOWN_SITE"
 
 
+class UnknownPromise(NotFound):
+    reason = "ERROR_REASON_UNKNOWN_PROMISE"
+
+
 class FailedPrecondition(StockdError):
     code = "FAILED_PRECONDITION"
 
@@ -105,6 +109,10 @@ class ExceedsHeld(FailedPrecondition):
 
 class WouldBreakReservations(FailedPrecondition):
     reason = "ERROR_REASON_WOULD_BREAK_RESERVATIONS"
+
+
+class PromiseClosed(FailedPrecondition):
+    reason = "ERROR_REASON_PROMISE_CLOSED"
 
 
 class RequestIdReused(StockdError):
@@ -170,11 +178,13 @@ ALL_ERRORS: tuple[type[StockdError], ...] = (
     UnknownLocation,
     UnknownReservation,
     UnknownSite,
+    UnknownPromise,
     InsufficientStock,
     InsufficientOnHand,
     ReservationClosed,
     ExceedsHeld,
     WouldBreakReservations,
+    PromiseClosed,
     RequestIdReused,
     Unauthenticated,
     PermissionDenied,

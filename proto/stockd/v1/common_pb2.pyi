@@ -296,6 +296,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_UNKNOWN_SITE: _ErrorReason.ValueType  # 22
     """The hub has never heard from the site (NOT_FOUND)."""
+    ERROR_REASON_UNKNOWN_PROMISE: _ErrorReason.ValueType  # 23
+    """No promise has that id (NOT_FOUND)."""
+    ERROR_REASON_PROMISE_CLOSED: _ErrorReason.ValueType  # 24
+    """The promise is released or expired (FAILED_PRECONDITION)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in the ErrorInfo of
@@ -363,6 +367,10 @@ not allow releasing reservations (FAILED_PRECONDITION).
 """
 ERROR_REASON_UNKNOWN_SITE: ErrorReason.ValueType  # 22
 """The hub has never heard from the site (NOT_FOUND)."""
+ERROR_REASON_UNKNOWN_PROMISE: ErrorReason.ValueType  # 23
+"""No promise has that id (NOT_FOUND)."""
+ERROR_REASON_PROMISE_CLOSED: ErrorReason.ValueType  # 24
+"""The promise is released or expired (FAILED_PRECONDITION)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
