@@ -1145,6 +1145,8 @@ class EdgeLedger:
         _check_positive(violations, "quantity", command.quantity)
         violations.raise_if_any()
         self._item(command.sku, "sku")
+        if not self.hub_mode:
+            return []  # without a hub there are no shares to move (like ReturnQuota)
         return [
             _draft(
                 EventType.QUOTA_GRANTED,

@@ -44,6 +44,9 @@ def event_to_proto(event: LedgerEvent, site_id: str) -> common_pb2.LedgerEvent:
         reference=event.reference,
         local_share_delta=event.local_share_delta,
         hub_promise_id=event.hub_promise_id,
+        channel=event.channel,
+        customer_tier=event.customer_tier,
+        expires_at=timestamp(event.expires_at_ms) if event.expires_at_ms else None,
     )
 
 
@@ -71,4 +74,7 @@ def event_from_proto(message: common_pb2.LedgerEvent) -> LedgerEvent:
         reference=message.reference,
         local_share_delta=message.local_share_delta,
         hub_promise_id=message.hub_promise_id,
+        channel=message.channel,
+        customer_tier=message.customer_tier,
+        expires_at_ms=message.expires_at.ToMilliseconds() if message.HasField("expires_at") else 0,
     )

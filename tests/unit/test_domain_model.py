@@ -80,14 +80,6 @@ def test_domain_enum_matches_proto_enum_names_and_numbers(
 TIMESTAMP_FIELDS = {"recorded_at_ms": "recorded_at", "expires_at_ms": "expires_at"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: proto LedgerEvent has no channel, customer_tier or expires_at, so RESERVED "
-        "entries lose the reservation header the domain model says they repeat; a log "
-        "rebuilt from the sync stream has soft reservations with expires_at_ms=0"
-    ),
-)
 def test_every_ledger_event_field_has_a_proto_field() -> None:
     proto_fields = set(common_pb2.LedgerEvent.DESCRIPTOR.fields_by_name)
     missing = [

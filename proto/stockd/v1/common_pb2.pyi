@@ -428,7 +428,7 @@ class Item(_message.Message):
     no minimum.
     """
     order_multiple: _builtins.int
-    """Reservation and pick quantities must be whole multiples of this, in base
+    """Reservation quantities must be whole multiples of this, in base
     units; 0 or 1 means any quantity.
     """
     safety_stock: _builtins.int
@@ -729,6 +729,9 @@ class LedgerEvent(_message.Message):
     REFERENCE_FIELD_NUMBER: _builtins.int
     LOCAL_SHARE_DELTA_FIELD_NUMBER: _builtins.int
     HUB_PROMISE_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    CUSTOMER_TIER_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Per-site sequence number, gapless from 1."""
     hlc: _builtins.int
@@ -779,9 +782,19 @@ class LedgerEvent(_message.Message):
     """For reservations made for a hub promise (drawn on the hub's share): the
     promise id.
     """
+    channel: _builtins.str
+    """For reservations: the channel (repeated on each RESERVED entry so the log
+    alone rebuilds every reservation).
+    """
+    customer_tier: _builtins.str
+    """For reservations: the customer tier."""
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """Wall-clock time the entry was recorded."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """For soft reservations: when they expire."""
 
     def __init__(
         self,
@@ -808,10 +821,13 @@ class LedgerEvent(_message.Message):
         reference: _builtins.str = ...,
         local_share_delta: _builtins.int = ...,
         hub_promise_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        customer_tier: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "counterparty_site_id", b"counterparty_site_id", "hlc", b"hlc", "hub_promise_id", b"hub_promise_id", "local_share_delta", b"local_share_delta", "location_id", b"location_id", "quantity", b"quantity", "reason", b"reason", "reason_code", b"reason_code", "recorded_at", b"recorded_at", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "reservation_kind", b"reservation_kind", "sequence", b"sequence", "site_id", b"site_id", "sku", b"sku", "status", b"status", "to_location_id", b"to_location_id", "to_status", b"to_status", "type", b"type", "variance", b"variance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "channel", b"channel", "counterparty_site_id", b"counterparty_site_id", "customer_tier", b"customer_tier", "expires_at", b"expires_at", "hlc", b"hlc", "hub_promise_id", b"hub_promise_id", "local_share_delta", b"local_share_delta", "location_id", b"location_id", "quantity", b"quantity", "reason", b"reason", "reason_code", b"reason_code", "recorded_at", b"recorded_at", "reference", b"reference", "request_id", b"request_id", "reservation_id", b"reservation_id", "reservation_kind", b"reservation_kind", "sequence", b"sequence", "site_id", b"site_id", "sku", b"sku", "status", b"status", "to_location_id", b"to_location_id", "to_status", b"to_status", "type", b"type", "variance", b"variance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
