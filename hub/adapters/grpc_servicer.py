@@ -46,6 +46,7 @@ def balance_to_proto(balance: SiteBalance) -> hub_pb2.SiteBalance:
         hub_share=balance.hub_share,
         in_flight=balance.in_flight,
         as_of_sequence=balance.as_of_sequence,
+        hub_reserved=balance.hub_reserved,
     )
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
 
 from hub.domain.catalog import (
     DAY_MS,
@@ -237,7 +236,10 @@ class _Scope:
         now_ms: int,
         stale_after_ms: int = STALE_AFTER_MS_DEFAULT,
     ) -> _Scope:
-        sites = catalog.pool_sites(demand, cast(dict[str, object], view.sites))
+        # Without pools every site serves: those in the catalogue (supplier sites
+        # have no edge) and those the hub has heard from.
+        known: dict[str, object] = {} if catalog.pools else {**catalog.sites, **view.sites}
+        sites = catalog.pool_sites(demand, known)
         order = {site_id: position for position, site_id in enumerate(sites)}
         return cls(catalog, view, demand, now_ms, order, {}, stale_after_ms)
 
@@ -268,8 +270,8 @@ class _Rules:
     safety: list[tuple[int, Rule]]
     # Buffers this demand's priority may not consume.
     buffers: list[Rule]
-    # Other groups' protections naming one site, with what they still need this period.
-    site_protections: list[tuple[Rule, int]]
+    # Other groups' protections naming one site: (rule, used, still needed) this period.
+    site_protections: list[tuple[Rule, int, int]]
     # Caps of this demand's group and other groups' protections over many sites.
     group_limits: list[Rule]
 
@@ -294,8 +296,8 @@ def _sort_rules(catalog: Catalog, sku: str, demand: Demand, now_ms: int) -> _Rul
             demand.channel, demand.customer_tier
         ):
             if rule.site_id:
-                need = max(0, rule.quantity - catalog.cap_used(rule, now_ms))
-                rules.site_protections.append((rule, need))
+                used = catalog.cap_used(rule, now_ms)
+                rules.site_protections.append((rule, used, max(0, rule.quantity - used)))
             else:
                 rules.group_limits.append(rule)
     rules.safety.sort(key=lambda pair: -pair[0])
@@ -390,7 +392,7 @@ def _deductions(
             total += amount
             if tallies is not None:
                 _tally(tallies, rule).add(site_id, amount)
-    for rule, need in rules.site_protections:
+    for rule, _used, need in rules.site_protections:
         if scope.covers(rule, site_id):
             total += need
             if tallies is not None:
@@ -431,7 +433,7 @@ def _rule_terms(
                     f" this demand has {scope.demand.priority}{suffix}",
                 )
             )
-    for rule, need in rules.site_protections:
+    for rule, used, _need in rules.site_protections:
         tally = tallies.get(rule.rule_id)
         if tally is not None:
             out.append(
@@ -440,7 +442,7 @@ def _rule_terms(
                     rule.site_id,
                     tally.quantity,
                     f"rule {rule.rule_id}: {_period(rule)} kept for {_group(rule)};"
-                    f" {rule.quantity - need} used this period",
+                    f" {used} used this period",
                 )
             )
 
@@ -580,7 +582,8 @@ def _evaluate(
     Explanations, when asked for, are one per term: supply per supply, rules
     per rule (summed over the sites they applied at), on-hand and obtainable
     summed over sites, staleness per site. Per-site figures are in the
-    sourcing options; `site_promisable` explains one site in full.
+    sourcing options; `site_promisable` explains one site in full. (Keeping
+    the list short keeps the rendered answer inside the latency budget.)
     """
     catalog, order, now_ms = scope.catalog, scope.order, scope.now_ms
     balances = scope.view.by_sku.get(sku) or _NO_BALANCES
@@ -605,75 +608,71 @@ def _evaluate(
     for site_id in exclude_sites:
         found.pop(site_id, None)
     site_ids = sorted(found, key=found.__getitem__)
+    count = len(site_ids)
+    site_balances = [balances.get(site_id) for site_id in site_ids]
+    hub_free = [0 if balance is None else balance.hub_free for balance in site_balances]
+
+    # Future supply, by bucket: [(site position, units arriving)].
+    arrivals: dict[int, list[tuple[int, int]]] = {}
+    incoming: list[int] | None = None
+    supply_terms: list[Explanation] = []
+    if supplies_at:
+        assert window is not None
+        incoming = [0] * count
+        for position, site_id in enumerate(site_ids):
+            for supply in supplies_at.get(site_id, ()):
+                arrival_ms = max(supply.available_from_ms(now_ms), now_ms)
+                bucket = window.bucket(arrival_ms)
+                if bucket is None:
+                    continue
+                arrivals.setdefault(bucket, []).append((position, supply.quantity))
+                incoming[position] += supply.quantity
+                if explanations is not None:
+                    supply_terms.append(
+                        Explanation(
+                            _SUPPLY_KINDS.get(supply.type, ExplanationKind.PURCHASE_ORDER),
+                            site_id,
+                            supply.quantity,
+                            f"{supply.supply_id}: available from {_iso(arrival_ms)}",
+                        )
+                    )
+
+    # Per-site deductions, only where something could be counted.
     rules = _sort_rules(catalog, sku, scope.demand, now_ms)
-    per_site = rules.per_site
     tallies: dict[str, _Tally] | None = {} if explanations is not None else None
+    deducted: list[int] | None = None
+    now = hub_free
+    if rules.per_site:
+        deducted = [0] * count
+        for position, site_id in enumerate(site_ids):
+            if hub_free[position] or (incoming is not None and incoming[position]):
+                deducted[position] = _deductions(
+                    scope, rules, site_id, site_balances[position], tallies
+                )
+        now = [
+            free - gone if free > gone else 0 for free, gone in zip(hub_free, deducted, strict=True)
+        ]
+
+    # Staleness of the sites whose on-hand the answer counts.
+    stale = False
+    stale_terms: list[Explanation] = []
     stale_before_ms = now_ms - scope.stale_after_ms
     view_sites = scope.view.sites
-
-    now: list[int] = []
-    hub_free: list[int] = []
-    deducted: list[int] = []
-    # Bucket -> [(site position, units arriving)].
-    arrivals: dict[int, list[tuple[int, int]]] = {}
-    supply_terms: list[Explanation] = []
-    stale_terms: list[Explanation] = []
-    free_total = free_sites = local_total = local_sites = 0
-    free_site = local_site = ""
-    stale = False
-    for position, site_id in enumerate(site_ids):
-        balance = balances.get(site_id)
-        free = balance.hub_free if balance is not None else 0
-        incoming = 0
-        if supplies_at:
-            supplies = supplies_at.get(site_id)
-            if supplies is not None:
-                assert window is not None
-                for supply in supplies:
-                    arrival_ms = max(supply.available_from_ms(now_ms), now_ms)
-                    bucket = window.bucket(arrival_ms)
-                    if bucket is None:
-                        continue
-                    arrivals.setdefault(bucket, []).append((position, supply.quantity))
-                    incoming += supply.quantity
-                    if explanations is not None:
-                        supply_terms.append(
-                            Explanation(
-                                _SUPPLY_KINDS.get(supply.type, ExplanationKind.PURCHASE_ORDER),
-                                site_id,
-                                supply.quantity,
-                                f"{supply.supply_id}: available from {_iso(arrival_ms)}",
-                            )
-                        )
-        deduction = (
-            _deductions(scope, rules, site_id, balance, tallies)
-            if per_site and (free or incoming)
-            else 0
-        )
-        hub_free.append(free)
-        deducted.append(deduction)
-        now.append(free - deduction if free > deduction else 0)
-        if balance is None:
-            continue
-        local_free = balance.local_free
-        if not (free or local_free):
-            continue
+    for position, free in enumerate(hub_free):
         if free:
-            free_total += free
-            free_sites += 1
-            free_site = site_id
-        if local_free:
-            local_total += local_free
-            local_sites += 1
-            local_site = site_id
-        state = view_sites.get(site_id)
-        if state is None or state.last_applied_ms <= 0 or state.last_applied_ms < stale_before_ms:
-            stale = True
-            if explanations is not None:
-                detail = _stale_detail(scope, site_id) or ""
-                stale_terms.append(Explanation(ExplanationKind.STALE, site_id, free, detail))
+            state = view_sites.get(site_ids[position])
+            if (
+                state is None
+                or state.last_applied_ms <= 0
+                or state.last_applied_ms < stale_before_ms
+            ):
+                stale = True
+                if explanations is not None:
+                    detail = _stale_detail(scope, site_ids[position]) or ""
+                    stale_terms.append(
+                        Explanation(ExplanationKind.STALE, site_ids[position], free, detail)
+                    )
 
-    count = len(site_ids)
     group_limits: list[_Limit] = []
     for rule in rules.group_limits:
         if rule.site_id or rule.pool_id:
@@ -702,67 +701,29 @@ def _evaluate(
             if arriving:
                 for position, quantity in arriving:
                     cumulative[position] += quantity
-                    by_horizon[position] = max(
-                        0, hub_free[position] + cumulative[position] - deducted[position]
-                    )
+                    gone = deducted[position] if deducted is not None else 0
+                    by_horizon[position] = max(0, hub_free[position] + cumulative[position] - gone)
                 total, bounds_horizon = _apply_limits(by_horizon, group_limits)
                 # What is promisable by an earlier date still is by a later one.
                 running = max(running, total)
             bucket_totals.append(running)
 
     if explanations is not None:
-        if free_sites == 1:
-            explanations.append(
-                Explanation(ExplanationKind.ON_HAND, free_site, free_total, "free hub share")
-            )
-        else:
-            explanations.append(
-                Explanation(
-                    ExplanationKind.ON_HAND,
-                    "",
-                    free_total,
-                    f"free hub share at {free_sites} of {count} sites",
-                )
-            )
-        explanations.extend(supply_terms)
         assert tallies is not None
-        _rule_terms(scope, rules, tallies, explanations)
-        for limit, bound in zip(group_limits, bounds_now, strict=True):
-            rule = limit.rule
-            if limit.is_cap:
-                covered = sum(now[position] for position in limit.positions)
-                explanations.append(
-                    Explanation(
-                        ExplanationKind.CAP,
-                        rule.site_id,
-                        limit.remaining,
-                        f"rule {rule.rule_id}: at most {_period(rule)} for {_group(rule)};"
-                        f" {limit.used} used this period"
-                        + (f"; limits {covered} to {bound}" if covered > bound else ""),
-                    )
-                )
-            else:
-                explanations.append(
-                    Explanation(
-                        ExplanationKind.PROTECTION,
-                        rule.site_id,
-                        limit.remaining,
-                        f"rule {rule.rule_id}: {_period(rule)} kept for {_group(rule)};"
-                        f" {limit.used} used this period",
-                    )
-                )
-        if local_total:
-            explanations.append(
-                Explanation(
-                    ExplanationKind.OBTAINABLE,
-                    local_site if local_sites == 1 else "",
-                    local_total,
-                    "free local share the edge could return on request"
-                    if local_sites == 1
-                    else f"free local share {local_sites} edges could return on request",
-                )
-            )
-        explanations.extend(stale_terms)
+        _explain(
+            scope,
+            explanations,
+            site_ids,
+            site_balances,
+            hub_free,
+            now,
+            supply_terms,
+            rules,
+            tallies,
+            group_limits,
+            bounds_now,
+            stale_terms,
+        )
     return _Evaluation(
         site_ids,
         now,
@@ -774,6 +735,88 @@ def _evaluate(
         bounds_horizon,
         stale,
     )
+
+
+def _explain(
+    scope: _Scope,
+    out: list[Explanation],
+    site_ids: list[str],
+    site_balances: list[SiteBalance | None],
+    hub_free: list[int],
+    now: list[int],
+    supply_terms: list[Explanation],
+    rules: _Rules,
+    tallies: dict[str, _Tally],
+    group_limits: list[_Limit],
+    bounds_now: list[int],
+    stale_terms: list[Explanation],
+) -> None:
+    """The answer's terms in a fixed order: on-hand, supply, per-site rules,
+    limits over many sites, obtainable, staleness."""
+    free_sites = [position for position, free in enumerate(hub_free) if free]
+    if len(free_sites) == 1:
+        position = free_sites[0]
+        out.append(
+            Explanation(
+                ExplanationKind.ON_HAND, site_ids[position], hub_free[position], "free hub share"
+            )
+        )
+    else:
+        out.append(
+            Explanation(
+                ExplanationKind.ON_HAND,
+                "",
+                sum(hub_free),
+                f"free hub share at {len(free_sites)} of {len(site_ids)} sites",
+            )
+        )
+    out.extend(supply_terms)
+    _rule_terms(scope, rules, tallies, out)
+    for limit, bound in zip(group_limits, bounds_now, strict=True):
+        rule = limit.rule
+        if limit.is_cap:
+            covered = sum(now[position] for position in limit.positions)
+            out.append(
+                Explanation(
+                    ExplanationKind.CAP,
+                    rule.site_id,
+                    limit.remaining,
+                    f"rule {rule.rule_id}: at most {_period(rule)} for {_group(rule)};"
+                    f" {limit.used} used this period"
+                    + (f"; limits {covered} to {bound}" if covered > bound else ""),
+                )
+            )
+        else:
+            out.append(
+                Explanation(
+                    ExplanationKind.PROTECTION,
+                    rule.site_id,
+                    limit.remaining,
+                    f"rule {rule.rule_id}: {_period(rule)} kept for {_group(rule)};"
+                    f" {limit.used} used this period",
+                )
+            )
+    local_total = local_sites = 0
+    local_site = ""
+    for position, balance in enumerate(site_balances):
+        if balance is not None:
+            local_free = balance.local_free
+            if local_free:
+                local_total += local_free
+                local_sites += 1
+                local_site = site_ids[position]
+    if local_total:
+        out.append(
+            Explanation(
+                ExplanationKind.OBTAINABLE,
+                local_site if local_sites == 1 else "",
+                local_total,
+                "free local share the edge could return on request"
+                if local_sites == 1
+                else f"free local share {local_sites} edges could return on request",
+            )
+        )
+    out.extend(stale_terms)
 
 
 def _round_multiple(item: HubItem, quantity: int) -> int:
@@ -922,36 +965,7 @@ def _answer(
         for until_ms, total in zip(window.ends, evaluation.bucket_totals, strict=True)
     )
 
-    count = len(evaluation.site_ids)
-    bound_now = _site_bounds(count, evaluation.group_limits, evaluation.bounds_now)
-    bound_horizon = _site_bounds(count, evaluation.group_limits, evaluation.bounds_horizon)
-    multiple = item.order_multiple
-    ranked: list[tuple[tuple[int, ...], int, int]] = []
-    for position in range(count):
-        now = evaluation.now[position]
-        later = evaluation.by_horizon[position]
-        if bound_now is not None and bound_horizon is not None:
-            now = min(now, bound_now[position])
-            later = min(later, bound_horizon[position])
-        if multiple > 1:
-            now -= now % multiple
-            later -= later % multiple
-        if later < now:
-            later = now
-        if later <= 0:
-            continue
-        lead_time_days = scope.lead_time_days(evaluation.site_ids[position])
-        key = (
-            (0, lead_time_days, -now, position)
-            if requested <= now
-            else (1, -now, -later, lead_time_days, position)
-        )
-        ranked.append((key, now, later))
-    ranked.sort()
-    sourcing = tuple(
-        SiteOption(evaluation.site_ids[key[-1]], now, later, key[1] if key[0] == 0 else key[3])
-        for key, now, later in ranked[:sourcing_max]
-    )
+    sourcing = _sourcing(scope, item, evaluation, requested, sourcing_max)
 
     substitutes: tuple[tuple[str, int, int], ...] = ()
     if include_substitutes and item.substitutes:
@@ -972,6 +986,56 @@ def _answer(
         tuple(explanations),
         substitutes,
         evaluation.stale,
+    )
+
+
+def _sourcing(
+    scope: _Scope, item: HubItem, evaluation: _Evaluation, requested: int, sourcing_max: int
+) -> tuple[SiteOption, ...]:
+    """Sites that can fill the whole line now first (shortest lead time, then most
+    available), then the rest by most available now, then by the horizon."""
+    count = len(evaluation.site_ids)
+    nows = evaluation.now
+    laters = evaluation.by_horizon
+    bound_now = _site_bounds(count, evaluation.group_limits, evaluation.bounds_now)
+    bound_horizon = _site_bounds(count, evaluation.group_limits, evaluation.bounds_horizon)
+    if bound_now is not None and bound_horizon is not None:
+        nows = [min(pair) for pair in zip(nows, bound_now, strict=True)]
+        laters = [min(pair) for pair in zip(laters, bound_horizon, strict=True)]
+    multiple = item.order_multiple
+    if multiple > 1:
+        nows = [units - units % multiple for units in nows]
+        laters = [units - units % multiple for units in laters]
+    # A cap can bound the horizon below now only through rounding; never report less.
+    laters = [max(pair) for pair in zip(nows, laters, strict=True)]
+    sites = scope.catalog.sites
+    lead_times = [
+        0 if (site := sites.get(site_id)) is None else site.lead_time_days
+        for site_id in evaluation.site_ids
+    ]
+    fill = [position for position in range(count) if nows[position] >= requested]
+    fill.sort(key=lambda position: (lead_times[position], -nows[position], position))
+    chosen = fill[:sourcing_max]
+    if len(chosen) < sourcing_max:
+        rest = [
+            position
+            for position in range(count)
+            if nows[position] < requested and laters[position] > 0
+        ]
+        rest.sort(
+            key=lambda position: (
+                -nows[position],
+                -laters[position],
+                lead_times[position],
+                position,
+            )
+        )
+        chosen.extend(rest[: sourcing_max - len(chosen)])
+    return tuple(
+        SiteOption(
+            evaluation.site_ids[position], nows[position], laters[position], lead_times[position]
+        )
+        for position in chosen
     )
 
 
@@ -1029,23 +1093,32 @@ def allocate(
     item = catalog.items.get(sku)
     multiple = item.order_multiple if item is not None else 0
     taken = [0] * count
-    need = quantity
-    # First whole multiples only; then whatever still fills the line.
-    for whole_multiples in (True, False) if multiple > 1 else (False,):
-        for position in ranked:
+
+    def fill(order: list[int], need: int, whole: int) -> int:
+        """Takes up to `need` from the sites in `order` (in multiples of
+        `whole` when above 1) within every limit; returns what is still needed."""
+        for position in order:
             if not need:
                 break
             room = min(need, available[position] - taken[position])
             for index in covering[position]:
                 room = min(room, room_left[index])
-            if whole_multiples:
-                room -= room % multiple
+            if whole > 1:
+                room -= room % whole
             if room <= 0:
                 continue
             taken[position] += room
             need -= room
             for index in covering[position]:
                 room_left[index] -= room
+        return need
+
+    need = fill(ranked, quantity, multiple)
+    if need and multiple > 1:
+        # What whole multiples cannot fill comes from the sites with the most
+        # left, so the fewest allocations break the multiple.
+        leftovers = sorted(ranked, key=lambda position: taken[position] - available[position])
+        fill(leftovers, need, 0)
     allocations = [
         (evaluation.site_ids[position], taken[position]) for position in ranked if taken[position]
     ]

@@ -21,6 +21,7 @@ log = structlog.get_logger("stockd.bus")
 CONNECT_TIMEOUT_SECONDS = 2.0
 RECONNECT_WAIT_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 5.0
+CLOSE_TIMEOUT_SECONDS = 2.0
 
 
 class BusConnection:
@@ -100,7 +101,8 @@ class BusConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.client is not None:
+            # Bounded: a drain can wait on a subscription whose server went away.
             with contextlib.suppress(Exception):
-                await self.client.drain()
+                await asyncio.wait_for(self.client.drain(), CLOSE_TIMEOUT_SECONDS)
             with contextlib.suppress(Exception):
-                await self.client.close()
+                await asyncio.wait_for(self.client.close(), CLOSE_TIMEOUT_SECONDS)

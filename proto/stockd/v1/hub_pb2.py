@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13stockd/v1/hub.proto\x12\tstockd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x02\n\x0eSiteSyncStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10\x61pplied_sequence\x18\x02 \x01(\x04\x12\x31\n\rlast_event_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_applied_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsync_lag_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x61ta_age_ms\x18\x06 \x01(\x03\x12\x16\n\x0eknown_sequence\x18\x07 \x01(\x04\x12\x19\n\x11\x63hecksums_matched\x18\x08 \x01(\x04\x12\x16\n\x0e\x64rift_detected\x18\t \x01(\x04\x12\x11\n\trepairing\x18\n \x01(\x08\x12\x1d\n\x15next_command_sequence\x18\x0b \x01(\x04\"\xdd\x01\n\x0bSiteBalance\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x18\n\x10on_hand_sellable\x18\x03 \x01(\x03\x12\x15\n\ron_hand_total\x18\x04 \x01(\x03\x12\x15\n\rreserved_soft\x18\x05 \x01(\x03\x12\x15\n\rreserved_hard\x18\x06 \x01(\x03\x12\x13\n\x0blocal_share\x18\x07 \x01(\x03\x12\x11\n\thub_share\x18\x08 \x01(\x03\x12\x11\n\tin_flight\x18\t \x01(\x03\x12\x16\n\x0e\x61s_of_sequence\x18\n \x01(\x04\"\x12\n\x10ListSitesRequest\"=\n\x11ListSitesResponse\x12(\n\x05sites\x18\x01 \x03(\x0b\x32\x19.stockd.v1.SiteSyncStatus\"^\n\x16GetSiteBalancesRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x87\x01\n\x17GetSiteBalancesResponse\x12(\n\x08\x62\x61lances\x18\x01 \x03(\x0b\x32\x16.stockd.v1.SiteBalance\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x19.stockd.v1.SiteSyncStatus\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"W\n\x11GrantQuotaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\"W\n\x12GrantQuotaResponse\x12\x18\n\x10\x63ommand_sequence\x18\x01 \x01(\x04\x12\'\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x16.stockd.v1.SiteBalance\"X\n\x12RecallQuotaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\"/\n\x13RecallQuotaResponse\x12\x18\n\x10\x63ommand_sequence\x18\x01 \x01(\x04\x32\xd0\x02\n\x13HubInventoryService\x12\x46\n\tListSites\x12\x1b.stockd.v1.ListSitesRequest\x1a\x1c.stockd.v1.ListSitesResponse\x12X\n\x0fGetSiteBalances\x12!.stockd.v1.GetSiteBalancesRequest\x1a\".stockd.v1.GetSiteBalancesResponse\x12I\n\nGrantQuota\x12\x1c.stockd.v1.GrantQuotaRequest\x1a\x1d.stockd.v1.GrantQuotaResponse\x12L\n\x0bRecallQuota\x12\x1d.stockd.v1.RecallQuotaRequest\x1a\x1e.stockd.v1.RecallQuotaResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13stockd/v1/hub.proto\x12\tstockd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x02\n\x0eSiteSyncStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10\x61pplied_sequence\x18\x02 \x01(\x04\x12\x31\n\rlast_event_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_applied_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsync_lag_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x61ta_age_ms\x18\x06 \x01(\x03\x12\x16\n\x0eknown_sequence\x18\x07 \x01(\x04\x12\x19\n\x11\x63hecksums_matched\x18\x08 \x01(\x04\x12\x16\n\x0e\x64rift_detected\x18\t \x01(\x04\x12\x11\n\trepairing\x18\n \x01(\x08\x12\x1d\n\x15next_command_sequence\x18\x0b \x01(\x04\"\xf3\x01\n\x0bSiteBalance\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x18\n\x10on_hand_sellable\x18\x03 \x01(\x03\x12\x15\n\ron_hand_total\x18\x04 \x01(\x03\x12\x15\n\rreserved_soft\x18\x05 \x01(\x03\x12\x15\n\rreserved_hard\x18\x06 \x01(\x03\x12\x13\n\x0blocal_share\x18\x07 \x01(\x03\x12\x11\n\thub_share\x18\x08 \x01(\x03\x12\x11\n\tin_flight\x18\t \x01(\x03\x12\x16\n\x0e\x61s_of_sequence\x18\n \x01(\x04\x12\x14\n\x0chub_reserved\x18\x0b \x01(\x03\"\x12\n\x10ListSitesRequest\"=\n\x11ListSitesResponse\x12(\n\x05sites\x18\x01 \x03(\x0b\x32\x19.stockd.v1.SiteSyncStatus\"^\n\x16GetSiteBalancesRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x87\x01\n\x17GetSiteBalancesResponse\x12(\n\x08\x62\x61lances\x18\x01 \x03(\x0b\x32\x16.stockd.v1.SiteBalance\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x19.stockd.v1.SiteSyncStatus\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"W\n\x11GrantQuotaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\"W\n\x12GrantQuotaResponse\x12\x18\n\x10\x63ommand_sequence\x18\x01 \x01(\x04\x12\'\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x16.stockd.v1.SiteBalance\"X\n\x12RecallQuotaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\"/\n\x13RecallQuotaResponse\x12\x18\n\x10\x63ommand_sequence\x18\x01 \x01(\x04\x32\xd0\x02\n\x13HubInventoryService\x12\x46\n\tListSites\x12\x1b.stockd.v1.ListSitesRequest\x1a\x1c.stockd.v1.ListSitesResponse\x12X\n\x0fGetSiteBalances\x12!.stockd.v1.GetSiteBalancesRequest\x1a\".stockd.v1.GetSiteBalancesResponse\x12I\n\nGrantQuota\x12\x1c.stockd.v1.GrantQuotaRequest\x1a\x1d.stockd.v1.GrantQuotaResponse\x12L\n\x0bRecallQuota\x12\x1d.stockd.v1.RecallQuotaRequest\x1a\x1e.stockd.v1.RecallQuotaResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SITESYNCSTATUS']._serialized_start=68
   _globals['_SITESYNCSTATUS']._serialized_end=398
   _globals['_SITEBALANCE']._serialized_start=401
-  _globals['_SITEBALANCE']._serialized_end=622
-  _globals['_LISTSITESREQUEST']._serialized_start=624
-  _globals['_LISTSITESREQUEST']._serialized_end=642
-  _globals['_LISTSITESRESPONSE']._serialized_start=644
-  _globals['_LISTSITESRESPONSE']._serialized_end=705
-  _globals['_GETSITEBALANCESREQUEST']._serialized_start=707
-  _globals['_GETSITEBALANCESREQUEST']._serialized_end=801
-  _globals['_GETSITEBALANCESRESPONSE']._serialized_start=804
-  _globals['_GETSITEBALANCESRESPONSE']._serialized_end=939
-  _globals['_GRANTQUOTAREQUEST']._serialized_start=941
-  _globals['_GRANTQUOTAREQUEST']._serialized_end=1028
-  _globals['_GRANTQUOTARESPONSE']._serialized_start=1030
-  _globals['_GRANTQUOTARESPONSE']._serialized_end=1117
-  _globals['_RECALLQUOTAREQUEST']._serialized_start=1119
-  _globals['_RECALLQUOTAREQUEST']._serialized_end=1207
-  _globals['_RECALLQUOTARESPONSE']._serialized_start=1209
-  _globals['_RECALLQUOTARESPONSE']._serialized_end=1256
-  _globals['_HUBINVENTORYSERVICE']._serialized_start=1259
-  _globals['_HUBINVENTORYSERVICE']._serialized_end=1595
+  _globals['_SITEBALANCE']._serialized_end=644
+  _globals['_LISTSITESREQUEST']._serialized_start=646
+  _globals['_LISTSITESREQUEST']._serialized_end=664
+  _globals['_LISTSITESRESPONSE']._serialized_start=666
+  _globals['_LISTSITESRESPONSE']._serialized_end=727
+  _globals['_GETSITEBALANCESREQUEST']._serialized_start=729
+  _globals['_GETSITEBALANCESREQUEST']._serialized_end=823
+  _globals['_GETSITEBALANCESRESPONSE']._serialized_start=826
+  _globals['_GETSITEBALANCESRESPONSE']._serialized_end=961
+  _globals['_GRANTQUOTAREQUEST']._serialized_start=963
+  _globals['_GRANTQUOTAREQUEST']._serialized_end=1050
+  _globals['_GRANTQUOTARESPONSE']._serialized_start=1052
+  _globals['_GRANTQUOTARESPONSE']._serialized_end=1139
+  _globals['_RECALLQUOTAREQUEST']._serialized_start=1141
+  _globals['_RECALLQUOTAREQUEST']._serialized_end=1229
+  _globals['_RECALLQUOTARESPONSE']._serialized_start=1231
+  _globals['_RECALLQUOTARESPONSE']._serialized_end=1278
+  _globals['_HUBINVENTORYSERVICE']._serialized_start=1281
+  _globals['_HUBINVENTORYSERVICE']._serialized_end=1617
 # @@protoc_insertion_point(module_scope)

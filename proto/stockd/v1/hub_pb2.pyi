@@ -105,6 +105,7 @@ class SiteBalance(_message.Message):
     HUB_SHARE_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     AS_OF_SEQUENCE_FIELD_NUMBER: _builtins.int
+    HUB_RESERVED_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
     """The site."""
     sku: _builtins.str
@@ -125,6 +126,8 @@ class SiteBalance(_message.Message):
     """Granted by the hub but not yet applied by the edge."""
     as_of_sequence: _builtins.int
     """The site's ledger sequence this reflects."""
+    hub_reserved: _builtins.int
+    """Of the hub share, how much the hub has promised."""
     def __init__(
         self,
         *,
@@ -138,10 +141,11 @@ class SiteBalance(_message.Message):
         hub_share: _builtins.int = ...,
         in_flight: _builtins.int = ...,
         as_of_sequence: _builtins.int = ...,
+        hub_reserved: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_sequence", b"as_of_sequence", "hub_share", b"hub_share", "in_flight", b"in_flight", "local_share", b"local_share", "on_hand_sellable", b"on_hand_sellable", "on_hand_total", b"on_hand_total", "reserved_hard", b"reserved_hard", "reserved_soft", b"reserved_soft", "site_id", b"site_id", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_sequence", b"as_of_sequence", "hub_reserved", b"hub_reserved", "hub_share", b"hub_share", "in_flight", b"in_flight", "local_share", b"local_share", "on_hand_sellable", b"on_hand_sellable", "on_hand_total", b"on_hand_total", "reserved_hard", b"reserved_hard", "reserved_soft", b"reserved_soft", "site_id", b"site_id", "sku", b"sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
