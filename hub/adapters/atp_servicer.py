@@ -20,6 +20,7 @@ from hub.adapters import promise_store
 from hub.domain import atp
 from hub.domain.catalog import (
     Catalog,
+    Demand,
     HubItem,
     Pool,
     Rule,
@@ -41,6 +42,7 @@ from server.sync.wire import timestamp
 from stockd.v1 import atp_pb2, atp_pb2_grpc
 
 PROMISE_TTL_SECONDS_DEFAULT = 900
+ATP_CHUNK_LINES = 50
 DECISION_QUEUE_MAX = 1024
 
 
@@ -138,7 +140,7 @@ def _queries(lines: Any) -> list[atp.LineQuery]:
 
 
 class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
-    def __init__(self, engine: HubEngine, auth: Authenticator, budget_ms: int = 50) -> None:
+    def __init__(self, engine: HubEngine, auth: Authenticator, budget_ms: int = 250) -> None:
         self.engine = engine
         self.auth = auth
         self.budget_ms = budget_ms
@@ -164,16 +166,40 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
         self, request: atp_pb2.CheckAvailabilityRequest, call: Call
     ) -> atp_pb2.CheckAvailabilityResponse:
         started = time.monotonic()
-        if call.deadline is not None and started >= call.deadline:
+        deadline = started + self.budget_ms / 1000
+        if call.deadline is not None:
+            deadline = min(deadline, call.deadline)
+        if started >= deadline:
             raise DeadlineExceeded("the deadline passed before the answer could start")
         demand = self.engine.catalog.demand(request.channel, request.customer_tier, request.pool_id)
-        answers = self.engine.check(
-            _queries(request.lines),
-            demand,
-            horizon_days=request.horizon_days,
-            bucket_days=request.bucket_days,
-            include_substitutes=request.include_substitutes,
-        )
+        queries = _queries(request.lines)
+        if len(queries) <= ATP_CHUNK_LINES:
+            answers = self._check(request, queries, demand)
+        else:
+            # Validate every line first (paths name the caller's line numbers),
+            # then answer in chunks, yielding between them and giving up once
+            # the budget is spent: a late answer is no answer, and it must not
+            # hold up the callers behind it.
+            if len(queries) > limits.LINES_PER_REQUEST_MAX:
+                violations = Violations()
+                violations.add(
+                    "lines",
+                    f"{len(queries)} lines is above the limit of {limits.LINES_PER_REQUEST_MAX}",
+                    "ERROR_REASON_TOO_MANY_LINES",
+                )
+                violations.raise_if_any()
+            for index, query in enumerate(queries):
+                atp.to_base(self.engine.catalog, self.engine.view, query, f"lines[{index}]")
+            answers = []
+            for start in range(0, len(queries), ATP_CHUNK_LINES):
+                if start:
+                    await asyncio.sleep(0)
+                if time.monotonic() >= deadline:
+                    raise DeadlineExceeded(
+                        f"the answer did not fit the {self.budget_ms} ms budget or the deadline",
+                        metadata={"lines_answered": str(start), "lines": str(len(queries))},
+                    )
+                answers += self._check(request, queries[start : start + ATP_CHUNK_LINES], demand)
         now_ms = time.time_ns() // 1_000_000
         sites = self.engine.catalog.pool_sites(demand, self.engine.view.sites)
         freshness = []
@@ -191,6 +217,20 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
             lines=[answer_to_proto(answer) for answer in answers],
             sites=freshness,
             evaluated_at=timestamp(now_ms),
+        )
+
+    def _check(
+        self,
+        request: atp_pb2.CheckAvailabilityRequest,
+        queries: list[atp.LineQuery],
+        demand: Demand,
+    ) -> list[atp.LineAnswer]:
+        return self.engine.check(
+            queries,
+            demand,
+            horizon_days=request.horizon_days,
+            bucket_days=request.bucket_days,
+            include_substitutes=request.include_substitutes,
         )
 
     @unary("Promise", mutating=True)

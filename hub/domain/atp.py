@@ -266,10 +266,11 @@ class _Scope:
 class _Rules:
     """A SKU's rules, sorted by what they do to one demand at one instant."""
 
-    # (specificity, rule), most specific first: per site, the first that covers it wins.
-    safety: list[tuple[int, Rule]]
-    # Buffers this demand's priority may not consume.
-    buffers: list[Rule]
+    # (specificity, scoped, rule), most specific first: per site, the first that
+    # covers it wins. `scoped`: the rule names a site or pool (else it covers all).
+    safety: list[tuple[int, bool, Rule]]
+    # (scoped, rule) for buffers this demand's priority may not consume.
+    buffers: list[tuple[bool, Rule]]
     # Other groups' protections naming one site: (rule, used, still needed) this period.
     site_protections: list[tuple[Rule, int, int]]
     # Caps of this demand's group and other groups' protections over many sites.
@@ -279,16 +280,27 @@ class _Rules:
     def per_site(self) -> bool:
         return bool(self.safety or self.buffers or self.site_protections)
 
+    @property
+    def everywhere(self) -> bool:
+        """Every per-site rule covers every site and one safety stock wins everywhere."""
+        return (
+            not self.site_protections
+            and not any(scoped for _rank, scoped, _rule in self.safety)
+            and not any(scoped for scoped, _rule in self.buffers)
+            and (len(self.safety) < 2 or self.safety[0][0] > self.safety[1][0])
+        )
+
 
 def _sort_rules(catalog: Catalog, sku: str, demand: Demand, now_ms: int) -> _Rules:
     rules = _Rules([], [], [], [])
     for rule in catalog.rules_for(sku):
         kind = rule.type
         if kind == RuleType.SAFETY_STOCK:
-            rules.safety.append((_specificity(rule), rule))
+            scoped = bool(rule.site_id or rule.pool_id)
+            rules.safety.append((_specificity(rule), scoped, rule))
         elif kind == RuleType.BUFFER:
             if rule.min_priority > demand.priority:
-                rules.buffers.append(rule)
+                rules.buffers.append((bool(rule.site_id or rule.pool_id), rule))
         elif kind == RuleType.CAP:
             if rule.in_group(demand.channel, demand.customer_tier):
                 rules.group_limits.append(rule)
@@ -308,13 +320,6 @@ def _specificity(rule: Rule) -> int:
     return (4 if rule.sku else 0) + (2 if rule.site_id else 0) + (1 if rule.pool_id else 0)
 
 
-def _rule_amount(rule: Rule, sellable: int) -> int:
-    """A safety stock's or buffer's size: fixed, or a percentage of sellable (rounded up)."""
-    if rule.percent > 0:
-        return -(-max(0, sellable) * rule.percent // 100)
-    return rule.quantity
-
-
 def _group(rule: Rule) -> str:
     return f"{rule.channel or 'any channel'}/{rule.customer_tier or 'any tier'}"
 
@@ -324,7 +329,8 @@ def _period(rule: Rule) -> str:
 
 
 class _Tally:
-    """One rule's deductions summed over the sites it applied at."""
+    """One rule's deductions summed over the sites it applied at (updated
+    in place by the hot loop)."""
 
     __slots__ = ("kept", "quantity", "site_id", "sites")
 
@@ -334,12 +340,6 @@ class _Tally:
         self.sites = 0
         self.site_id = ""
 
-    def add(self, site_id: str, quantity: int, kept: int = 0) -> None:
-        self.quantity += quantity
-        self.kept += kept
-        self.sites += 1
-        self.site_id = site_id
-
     def where(self) -> tuple[str, str]:
         """The site when there is one, else "" and a suffix saying how many."""
         if self.sites == 1:
@@ -347,11 +347,9 @@ class _Tally:
         return "", f" (at {self.sites} sites)"
 
 
-def _tally(tallies: dict[str, _Tally], rule: Rule) -> _Tally:
-    found = tallies.get(rule.rule_id)
-    if found is None:
-        found = tallies[rule.rule_id] = _Tally()
-    return found
+def _new_tally(tallies: dict[str, _Tally], rule: Rule) -> _Tally:
+    tally = tallies[rule.rule_id] = _Tally()
+    return tally
 
 
 def _deductions(
@@ -362,42 +360,108 @@ def _deductions(
     tallies: dict[str, _Tally] | None,
 ) -> int:
     """Units of a site's supply this demand may not take: safety stock, buffers,
-    other groups' site protections (tallied per rule when asked)."""
-    sellable = balance.sellable if balance is not None else 0
+    other groups' site protections (tallied per rule when asked). The hot loop
+    of an answer: one call per site, so everything is inlined."""
+    if balance is None:
+        sellable = outside = 0
+    else:
+        sellable = balance.sellable
+        # Units owned by neither share already keep (part of) the safety stock.
+        outside = sellable - balance.local_share - balance.hub_share - balance.in_flight
+        if outside < 0:
+            outside = 0
+        if sellable < 0:
+            sellable = 0
+    # Safety stock and buffers: fixed, or a percentage of sellable rounded up.
     total = 0
-    chosen: Rule | None = None
-    amount = 0
-    chosen_specificity = -1
-    for specificity, rule in rules.safety:
-        if specificity < chosen_specificity:
-            break
-        if scope.covers(rule, site_id):
-            candidate = _rule_amount(rule, sellable)
+    if rules.safety:
+        chosen: Rule | None = None
+        amount = 0
+        chosen_specificity = -1
+        for specificity, scoped, rule in rules.safety:
+            if specificity < chosen_specificity:
+                break
+            if scoped and not scope.covers(rule, site_id):
+                continue
+            candidate = -(-sellable * rule.percent // 100) if rule.percent > 0 else rule.quantity
             if chosen is None or candidate > amount:
                 chosen, amount, chosen_specificity = rule, candidate, specificity
-    if chosen is not None:
-        # Units owned by neither share already keep (part of) the safety stock.
-        outside = 0
-        if balance is not None:
-            outside = max(
-                0, balance.sellable - balance.local_share - balance.hub_share - balance.in_flight
-            )
-        deducted = amount - outside if amount > outside else 0
-        total += deducted
-        if tallies is not None:
-            _tally(tallies, chosen).add(site_id, deducted, amount - deducted)
-    for rule in rules.buffers:
-        if scope.covers(rule, site_id):
-            amount = _rule_amount(rule, sellable)
-            total += amount
+        if chosen is not None:
+            total = amount - outside if amount > outside else 0
             if tallies is not None:
-                _tally(tallies, rule).add(site_id, amount)
+                tally = tallies.get(chosen.rule_id) or _new_tally(tallies, chosen)
+                tally.quantity += total
+                tally.kept += amount - total
+                tally.sites += 1
+                tally.site_id = site_id
+    for scoped, rule in rules.buffers:
+        if scoped and not scope.covers(rule, site_id):
+            continue
+        amount = -(-sellable * rule.percent // 100) if rule.percent > 0 else rule.quantity
+        total += amount
+        if tallies is not None:
+            tally = tallies.get(rule.rule_id) or _new_tally(tallies, rule)
+            tally.quantity += amount
+            tally.sites += 1
+            tally.site_id = site_id
     for rule, _used, need in rules.site_protections:
         if scope.covers(rule, site_id):
             total += need
             if tallies is not None:
-                _tally(tallies, rule).add(site_id, need)
+                tally = tallies.get(rule.rule_id) or _new_tally(tallies, rule)
+                tally.quantity += need
+                tally.sites += 1
+                tally.site_id = site_id
     return total
+
+
+def _deductions_everywhere(
+    rules: _Rules,
+    site_ids: list[str],
+    site_balances: list[SiteBalance | None],
+    counted: list[int],
+    tallies: dict[str, _Tally] | None,
+) -> list[int]:
+    """`_deductions` for every site at once when every rule covers every site
+    (`_Rules.everywhere`), the common case: a column at a time, not a site at a time."""
+    count = len(site_ids)
+    deducted = [0] * count
+    if not counted:
+        return deducted
+    sellable = [0 if b is None or b.sellable < 0 else b.sellable for b in site_balances]
+
+    def amounts(rule: Rule) -> list[int]:
+        if rule.percent > 0:
+            return [-(-sellable[position] * rule.percent // 100) for position in counted]
+        return [rule.quantity] * len(counted)
+
+    def tally(rule: Rule, quantities: list[int], kept: int = 0) -> None:
+        if tallies is not None:
+            found = tallies.get(rule.rule_id) or _new_tally(tallies, rule)
+            found.quantity += sum(quantities)
+            found.kept += kept
+            found.sites += len(counted)
+            found.site_id = site_ids[counted[-1]]
+
+    if rules.safety:
+        rule = rules.safety[0][2]
+        wanted = amounts(rule)
+        outside = []
+        for position in counted:
+            b = site_balances[position]
+            outside.append(
+                0 if b is None else max(0, b.sellable - b.local_share - b.hub_share - b.in_flight)
+            )
+        taken = [a - o if a > o else 0 for a, o in zip(wanted, outside, strict=True)]
+        for position, units in zip(counted, taken, strict=True):
+            deducted[position] = units
+        tally(rule, taken, sum(wanted) - sum(taken))
+    for _scoped, rule in rules.buffers:
+        kept = amounts(rule)
+        for position, units in zip(counted, kept, strict=True):
+            deducted[position] += units
+        tally(rule, kept)
+    return deducted
 
 
 def _rule_terms(
@@ -406,7 +470,7 @@ def _rule_terms(
     """Appends one explanation per per-site rule that applied, in rule order."""
     if not tallies:
         return
-    for _order, rule in rules.safety:
+    for _rank, _scoped, rule in rules.safety:
         tally = tallies.get(rule.rule_id)
         if tally is not None:
             site_id, suffix = tally.where()
@@ -420,7 +484,7 @@ def _rule_terms(
                     f" outside the shares{suffix}",
                 )
             )
-    for rule in rules.buffers:
+    for _scoped, rule in rules.buffers:
         tally = tallies.get(rule.rule_id)
         if tally is not None:
             site_id, suffix = tally.where()
@@ -511,9 +575,15 @@ def _site_bounds(count: int, group_limits: list[_Limit], bounds: list[int]) -> l
     """Per site, the smallest bound of the limits covering it (None: no limits)."""
     if not group_limits:
         return None
-    unbounded = limits.QUANTITY_MAX * limits.LINES_PER_REQUEST_MAX
-    smallest = [unbounded] * count
+    floor = limits.QUANTITY_MAX * limits.LINES_PER_REQUEST_MAX
+    narrow: list[tuple[_Limit, int]] = []
     for limit, bound in zip(group_limits, bounds, strict=True):
+        if len(limit.positions) == count:
+            floor = min(floor, bound)
+        else:
+            narrow.append((limit, bound))
+    smallest = [floor] * count
+    for limit, bound in narrow:
         for position in limit.positions:
             if bound < smallest[position]:
                 smallest[position] = bound
@@ -568,6 +638,7 @@ class _Evaluation:
 
 
 _NO_BALANCES: dict[str, SiteBalance] = {}
+_NO_SUPPLIES: dict[str, Supply] = {}
 
 
 def _evaluate(
@@ -587,30 +658,32 @@ def _evaluate(
     """
     catalog, order, now_ms = scope.catalog, scope.order, scope.now_ms
     balances = scope.view.by_sku.get(sku) or _NO_BALANCES
-    # Candidate sites: pool sites with a balance or (with a window) supply of the SKU.
-    found: dict[str, int] = {}
-    if len(balances) <= len(order):
-        for site_id in balances:
-            position = order.get(site_id)
-            if position is not None:
-                found[site_id] = position
-    else:
-        for site_id, position in order.items():
-            if site_id in balances:
-                found[site_id] = position
+    # Candidate sites, in pool order: pool sites with a balance or (with a
+    # window) supply of the SKU.
     supplies_at: dict[str, list[Supply]] = {}
     if window is not None:
-        for supply in catalog.supplies_by_sku.get(sku, {}).values():
-            position = order.get(supply.site_id)
-            if position is not None:
+        for supply in catalog.supplies_by_sku.get(sku, _NO_SUPPLIES).values():
+            if supply.site_id in order:
                 supplies_at.setdefault(supply.site_id, []).append(supply)
-                found[supply.site_id] = position
-    for site_id in exclude_sites:
-        found.pop(site_id, None)
-    site_ids = sorted(found, key=found.__getitem__)
+    if len(balances) * 4 < len(order):
+        # Few sites hold the SKU: look them up, then sort by preference.
+        found = {site_id: order[site_id] for site_id in balances if site_id in order}
+        for site_id in supplies_at:
+            found[site_id] = order[site_id]
+        site_ids = sorted(found, key=found.__getitem__)
+    elif supplies_at:
+        site_ids = [s for s in order if s in balances or s in supplies_at]
+    else:
+        site_ids = [s for s in order if s in balances]
+    if exclude_sites:
+        site_ids = [s for s in site_ids if s not in exclude_sites]
     count = len(site_ids)
     site_balances = [balances.get(site_id) for site_id in site_ids]
-    hub_free = [0 if balance is None else balance.hub_free for balance in site_balances]
+    # SiteBalance.hub_free, inlined: this runs for every site of every line.
+    hub_free = [
+        0 if b is None or b.hub_reserved >= b.hub_share else b.hub_share - b.hub_reserved
+        for b in site_balances
+    ]
 
     # Future supply, by bucket: [(site position, units arriving)].
     arrivals: dict[int, list[tuple[int, int]]] = {}
@@ -643,11 +716,18 @@ def _evaluate(
     deducted: list[int] | None = None
     now = hub_free
     if rules.per_site:
-        deducted = [0] * count
-        for position, site_id in enumerate(site_ids):
-            if hub_free[position] or (incoming is not None and incoming[position]):
+        counted = [
+            position
+            for position in range(count)
+            if hub_free[position] or (incoming is not None and incoming[position])
+        ]
+        if rules.everywhere:
+            deducted = _deductions_everywhere(rules, site_ids, site_balances, counted, tallies)
+        else:
+            deducted = [0] * count
+            for position in counted:
                 deducted[position] = _deductions(
-                    scope, rules, site_id, site_balances[position], tallies
+                    scope, rules, site_ids[position], site_balances[position], tallies
                 )
         now = [
             free - gone if free > gone else 0 for free, gone in zip(hub_free, deducted, strict=True)
@@ -798,10 +878,11 @@ def _explain(
             )
     local_total = local_sites = 0
     local_site = ""
-    for position, balance in enumerate(site_balances):
-        if balance is not None:
-            local_free = balance.local_free
-            if local_free:
+    for position, b in enumerate(site_balances):
+        if b is not None:
+            # SiteBalance.local_free, inlined.
+            local_free = b.local_share - b.reserved_soft - b.reserved_hard
+            if local_free > 0:
                 local_total += local_free
                 local_sites += 1
                 local_site = site_ids[position]
@@ -1000,37 +1081,32 @@ def _sourcing(
     bound_now = _site_bounds(count, evaluation.group_limits, evaluation.bounds_now)
     bound_horizon = _site_bounds(count, evaluation.group_limits, evaluation.bounds_horizon)
     if bound_now is not None and bound_horizon is not None:
-        nows = [min(pair) for pair in zip(nows, bound_now, strict=True)]
-        laters = [min(pair) for pair in zip(laters, bound_horizon, strict=True)]
+        nows = [a if a < b else b for a, b in zip(nows, bound_now, strict=True)]
+        laters = [a if a < b else b for a, b in zip(laters, bound_horizon, strict=True)]
     multiple = item.order_multiple
     if multiple > 1:
         nows = [units - units % multiple for units in nows]
         laters = [units - units % multiple for units in laters]
     # A cap can bound the horizon below now only through rounding; never report less.
-    laters = [max(pair) for pair in zip(nows, laters, strict=True)]
+    laters = [b if b > a else a for a, b in zip(nows, laters, strict=True)]
     sites = scope.catalog.sites
     lead_times = [
         0 if (site := sites.get(site_id)) is None else site.lead_time_days
         for site_id in evaluation.site_ids
     ]
-    fill = [position for position in range(count) if nows[position] >= requested]
-    fill.sort(key=lambda position: (lead_times[position], -nows[position], position))
-    chosen = fill[:sourcing_max]
+    fill = sorted(
+        (lead_times[position], -nows[position], position)
+        for position in range(count)
+        if nows[position] >= requested
+    )
+    chosen = [key[-1] for key in fill[:sourcing_max]]
     if len(chosen) < sourcing_max:
-        rest = [
-            position
+        rest = sorted(
+            (-nows[position], -laters[position], lead_times[position], position)
             for position in range(count)
             if nows[position] < requested and laters[position] > 0
-        ]
-        rest.sort(
-            key=lambda position: (
-                -nows[position],
-                -laters[position],
-                lead_times[position],
-                position,
-            )
         )
-        chosen.extend(rest[: sourcing_max - len(chosen)])
+        chosen.extend(key[-1] for key in rest[: sourcing_max - len(chosen)])
     return tuple(
         SiteOption(
             evaluation.site_ids[position], nows[position], laters[position], lead_times[position]

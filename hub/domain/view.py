@@ -294,10 +294,11 @@ class HubView:
         """Moves hub share to the edge; the units are in flight until applied there."""
         _check_quantity(quantity)
         balance = self.balances.get((site_id, sku))
-        free = balance.hub_share if balance is not None else 0
+        # Only the free part: units the hub promised are not its to give away.
+        free = balance.hub_free if balance is not None else 0
         if balance is None or quantity > free:
             raise InsufficientStock(
-                f"the hub holds {free} of {sku!r} at {site_id!r}; cannot grant {quantity}",
+                f"the hub has {free} of {sku!r} free at {site_id!r}; cannot grant {quantity}",
                 metadata={
                     "site_id": site_id,
                     "sku": sku,

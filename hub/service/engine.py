@@ -119,8 +119,8 @@ class HubEngine:
                         )
                 elif isinstance(message, QuotaRequestIn):
                     balance = self.view.balances.get((message.site_id, message.sku))
-                    if balance is not None and balance.hub_share > 0:
-                        quantity = min(message.quantity, balance.hub_share)
+                    if balance is not None and balance.hub_free > 0:
+                        quantity = min(message.quantity, balance.hub_free)
                         self.view.grant(message.site_id, message.sku, quantity)
                         log.info(
                             "quota_granted_on_request",
