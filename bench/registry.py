@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from bench.cases import (
     edge_reserve,
     grpc_echo,
+    hub_atp,
+    hub_atp_batch,
+    hub_promise,
     nats_publish,
     sqlite_commit,
     sync_catchup,
@@ -29,4 +32,7 @@ CASES: dict[str, CaseFunction] = {
     nats_publish.CASE_NAME: nats_publish.run,
     sync_lag.CASE_NAME: sync_lag.run,
     sync_catchup.CASE_NAME: sync_catchup.run,
+    hub_atp.CASE_NAME: hub_atp.run,
+    hub_atp_batch.CASE_NAME: hub_atp_batch.run,
+    hub_promise.CASE_NAME: hub_promise.run,
 }

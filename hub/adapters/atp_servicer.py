@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from hub.domain import atp
 from hub.domain.catalog import (
     Catalog,
     Demand,
+    ExplanationKind,
     HubItem,
     Pool,
     Rule,
@@ -102,10 +103,7 @@ def answer_to_proto(answer: atp.LineAnswer) -> atp_pb2.AtpLineResult:
         sku=answer.sku,
         requested=answer.requested,
         available_now=answer.available_now,
-        buckets=[
-            atp_pb2.AtpBucket(until=timestamp(until_ms), available=available)
-            for until_ms, available in answer.buckets
-        ],
+        buckets=_changes(answer.buckets),
         sourcing=[
             atp_pb2.SourcingOption(
                 site_id=option.site_id,
@@ -130,6 +128,16 @@ def answer_to_proto(answer: atp.LineAnswer) -> atp_pb2.AtpLineResult:
         ],
         stale=answer.stale,
     )
+
+
+def _changes(buckets: Sequence[tuple[int, int]]) -> list[atp_pb2.AtpBucket]:
+    """Buckets where availability changes, plus the horizon's: the rest is implied."""
+    kept = [
+        (until_ms, available)
+        for index, (until_ms, available) in enumerate(buckets)
+        if index == len(buckets) - 1 or buckets[index + 1][1] != available
+    ]
+    return [atp_pb2.AtpBucket(until=timestamp(until_ms), available=a) for until_ms, a in kept]
 
 
 def _queries(lines: Any) -> list[atp.LineQuery]:
@@ -201,9 +209,16 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
                     )
                 answers += self._check(request, queries[start : start + ATP_CHUNK_LINES], demand)
         now_ms = time.time_ns() // 1_000_000
-        sites = self.engine.catalog.pool_sites(demand, self.engine.view.sites)
+        # Freshness of the sites the answer relies on, and of any stale pool site.
+        sourcing_sites = {o.site_id for answer in answers for o in answer.sourcing}
+        stale_sites = {
+            e.site_id
+            for answer in answers
+            for e in answer.explanations
+            if e.kind is ExplanationKind.STALE
+        }
         freshness = []
-        for site_id in sites:
+        for site_id in sorted(sourcing_sites | stale_sites):
             state = self.engine.view.sites.get(site_id)
             age = now_ms - state.last_applied_ms if state and state.last_applied_ms else -1
             freshness.append(

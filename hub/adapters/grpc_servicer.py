@@ -105,7 +105,7 @@ class HubServicer(hub_pb2_grpc.HubInventoryServiceServicer):
         size = paging.page_size(request.page_size)
         query = ("site_balances", request.site_id)
         after = paging.decode(request.page_token, query)
-        skus = sorted(sku for site, sku in view.balances if site == request.site_id)
+        skus = sorted(view.by_site.get(request.site_id, {}))
         if isinstance(after, str):
             skus = [sku for sku in skus if sku > after]
         page = skus[:size]

@@ -192,6 +192,21 @@ def mark_published(connection: sqlite3.Connection, keys: list[tuple[str, int]]) 
     connection.execute("COMMIT")
 
 
+def lookup_requests(
+    connection: sqlite3.Connection, request_ids: list[str]
+) -> dict[str, tuple[bytes, bytes]]:
+    found: dict[str, tuple[bytes, bytes]] = {}
+    for start in range(0, len(request_ids), 500):
+        chunk = request_ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for request_id, fingerprint, response in connection.execute(
+            f"SELECT request_id, fingerprint, response FROM requests WHERE request_id IN ({marks})",
+            chunk,
+        ):
+            found[request_id] = (bytes(fingerprint), bytes(response))
+    return found
+
+
 def lookup_request(connection: sqlite3.Connection, request_id: str) -> tuple[bytes, bytes] | None:
     row = connection.execute(
         "SELECT fingerprint, response FROM requests WHERE request_id = ?", (request_id,)

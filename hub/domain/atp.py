@@ -771,11 +771,12 @@ def _evaluate(
     bucket_totals: list[int] = []
     by_horizon = now
     bounds_horizon = bounds_now
-    if window is not None:
+    if window is not None and not arrivals:
+        bucket_totals = [total_now] * len(window.ends)
+    elif window is not None:
         running = total_now
-        if arrivals:
-            by_horizon = now.copy()
-            cumulative = [0] * count
+        by_horizon = now.copy()
+        cumulative = [0] * count
         for bucket in range(1, len(window.ends) + 1):
             arriving = arrivals.get(bucket)
             if arriving:
@@ -898,12 +899,6 @@ def _explain(
             )
         )
     out.extend(stale_terms)
-
-
-def _round_multiple(item: HubItem, quantity: int) -> int:
-    if item.order_multiple > 1:
-        return quantity - quantity % item.order_multiple
-    return quantity
 
 
 # ----- public ------------------------------------------------------------------------
@@ -1042,7 +1037,7 @@ def _answer(
             )
         )
     buckets = tuple(
-        (until_ms, item.round_down(total))
+        (until_ms, available_now if total == total_now else item.round_down(total))
         for until_ms, total in zip(window.ends, evaluation.bucket_totals, strict=True)
     )
 

@@ -92,6 +92,8 @@ class HubView:
     grants_in_flight: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     # sku -> site -> balance: ATP touches only the rows of the SKUs it is asked about.
     by_sku: dict[str, dict[str, SiteBalance]] = field(default_factory=dict)
+    # site -> sku -> balance: checksums and repairs touch one site's rows only.
+    by_site: dict[str, dict[str, SiteBalance]] = field(default_factory=dict)
     dirty_sites: set[str] = field(default_factory=set)
     dirty_balances: set[tuple[str, str]] = field(default_factory=set)
     new_commands: list[Command] = field(default_factory=list)
@@ -112,14 +114,16 @@ class HubView:
         if found is None:
             found = self.balances[key] = SiteBalance(site_id, sku)
             self.by_sku.setdefault(sku, {})[site_id] = found
+            self.by_site.setdefault(site_id, {})[sku] = found
         self.dirty_balances.add(key)
         return found
 
     def index(self) -> None:
-        """Rebuilds `by_sku` after balances were loaded in bulk."""
-        self.by_sku = {}
+        """Rebuilds the indexes after balances were loaded in bulk."""
+        self.by_sku, self.by_site = {}, {}
         for (site_id, sku), balance in self.balances.items():
             self.by_sku.setdefault(sku, {})[site_id] = balance
+            self.by_site.setdefault(site_id, {})[sku] = balance
 
     def drain(
         self,
@@ -229,9 +233,9 @@ class HubView:
     def digest(self, site_id: str) -> tuple[int, bytes]:
         """Same digest the edge computes over its own balances."""
         lines = []
-        for (site, sku), balance in sorted(self.balances.items()):
-            if site != site_id:
-                continue
+        rows = self.by_site.get(site_id, {})
+        for sku in sorted(rows):
+            balance = rows[sku]
             fields = (
                 balance.sellable,
                 balance.total,
@@ -244,9 +248,12 @@ class HubView:
         return len(lines), hashlib.sha256("".join(lines).encode()).digest()
 
     def check_checksum(
-        self, site_id: str, as_of_sequence: int, sku_count: int, digest: bytes
+        self, site_id: str, as_of_sequence: int, sku_count: int, digest: bytes, now_ms: int = 0
     ) -> str:
-        """'match', 'drift' (a repair by replay starts) or 'skipped' (not comparable)."""
+        """'match', 'drift' (a repair by replay starts) or 'skipped' (not comparable).
+
+        A match also proves the view current as of now: a quiet site is not stale.
+        """
         state = self.site(site_id)
         state.known_sequence = max(state.known_sequence, as_of_sequence)
         self.dirty_sites.add(site_id)
@@ -255,6 +262,7 @@ class HubView:
         count, mine = self.digest(site_id)
         if count == sku_count and mine == digest:
             state.checksums_matched += 1
+            state.last_applied_ms = max(state.last_applied_ms, now_ms)
             return "match"
         state.drift_detected += 1
         self.start_repair(site_id, "checksum_mismatch")
@@ -263,19 +271,16 @@ class HubView:
     def start_repair(self, site_id: str, reason: str) -> Command:
         """Forgets the site's projection and asks the edge for its whole ledger.
 
-        The hub's own shares (hub_share, in_flight) are kept: they are the
-        hub's records, not a projection of the edge's.
+        The hub's own shares (hub_share, in_flight, hub_reserved) are kept:
+        they are the hub's records, not a projection of the edge's.
         """
         state = self.site(site_id)
-        for (site, _sku), balance in self.balances.items():
-            if site == site_id:
-                hub_share, in_flight = balance.hub_share, balance.in_flight
-                balance.sellable = balance.total = 0
-                balance.reserved_soft = balance.reserved_hard = balance.local_share = 0
-                balance.shortfall = 0
-                balance.hub_share, balance.in_flight = hub_share, in_flight
-                balance.as_of_sequence = 0
-                self.dirty_balances.add((site, _sku))
+        for sku, balance in self.by_site.get(site_id, {}).items():
+            balance.sellable = balance.total = 0
+            balance.reserved_soft = balance.reserved_hard = balance.local_share = 0
+            balance.shortfall = 0
+            balance.as_of_sequence = 0
+            self.dirty_balances.add((site_id, sku))
         state.applied_sequence = 0
         state.repairing = True
         return self._command(site_id, "replay_request", from_sequence=1, reason=reason)

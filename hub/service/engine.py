@@ -9,6 +9,7 @@ back, and the messages are not acknowledged, so NATS redelivers them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -24,18 +25,36 @@ from hub.domain.catalog import Catalog, Demand
 from hub.domain.incoming import ChecksumIn, EventsIn, Incoming, QuotaRequestIn, Rejected
 from hub.domain.promises import Decision, Promise, PromiseBook, PromiseRequestLine
 from hub.domain.view import Command, HubView, SiteBalance
-from server.domain.errors import RequestIdReused
+from server.domain.errors import Overloaded, RequestIdReused, StockdError, StorageUnavailable
 from server.storage.sqlite import SqliteWorker
 
 log = structlog.get_logger("stockd.hub.engine")
 
 REPLAY_REQUEST_INTERVAL_MS = 10_000
+WRITES_PER_BATCH_MAX = 256
+WRITE_QUEUE_MAX = 10_000
 
 Encoder = Callable[[Command, int], bytes]
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class _Write:
+    rpc: str
+    request_id: str
+    digest: bytes
+    action: Callable[[], bytes]
+    future: asyncio.Future[bytes]
+
+
+def _reused(request_id: str) -> RequestIdReused:
+    return RequestIdReused(
+        f"request_id {request_id!r} was used before with a different request",
+        metadata={"request_id": request_id},
+    )
 
 
 @dataclass
@@ -66,8 +85,12 @@ class HubEngine:
     _catalog_rows: list[promise_store.CatalogRow] = field(default_factory=list)
     _catalog_deleted: list[tuple[str, str]] = field(default_factory=list)
     stale_after_ms: int = 60_000
+    _writes: asyncio.Queue[_Write] = field(init=False)
+    _writer: asyncio.Task[None] = field(init=False)
 
     async def start(self) -> None:
+        self._writes = asyncio.Queue(maxsize=WRITE_QUEUE_MAX)
+        self._writer = asyncio.create_task(self._write_loop(), name="hub-writer")
         self._worker = SqliteWorker(self.db_path, "hub-writer")
         await self._worker.open()
         await self._worker.run(sqlite_store.initialise)
@@ -81,6 +104,9 @@ class HubEngine:
         )
 
     async def close(self) -> None:
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
         await self._worker.close()
 
     async def ingest(self, messages: Sequence[Incoming]) -> list[Rejected | None]:
@@ -105,7 +131,11 @@ class HubEngine:
                         self._ask_replay(message.site_id, outcome.gap_from, now_ms, "gap")
                 elif isinstance(message, ChecksumIn):
                     result = self.view.check_checksum(
-                        message.site_id, message.as_of_sequence, message.sku_count, message.digest
+                        message.site_id,
+                        message.as_of_sequence,
+                        message.sku_count,
+                        message.digest,
+                        now_ms,
                     )
                     if result == "match":
                         self.stats.checksums_matched += 1
@@ -143,9 +173,7 @@ class HubEngine:
             if balance is not None and balance.hub_reserved > balance.hub_share:
                 moved = self.book.resolve_conflicts(self.catalog, self.view, *key, now_ms)
                 if moved:
-                    log.warning(
-                        "promises_resourced", site_id=key[0], sku=key[1], quantity=moved
-                    )
+                    log.warning("promises_resourced", site_id=key[0], sku=key[1], quantity=moved)
         if self.book.backorders:
             self.book.fill_backorders(self.catalog, self.view, now_ms)
 
@@ -231,24 +259,60 @@ class HubEngine:
     async def _idempotent(
         self, rpc: str, request_id: str, payload: bytes, action: Callable[[], bytes]
     ) -> bytes:
+        """Queues a write; the writer task group-commits everything queued with it."""
         digest = hashlib.sha256(rpc.encode() + b"\0" + payload).digest()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:
+            self._writes.put_nowait(_Write(rpc, request_id, digest, action, future))
+        except asyncio.QueueFull:
+            raise Overloaded("the hub's write queue is full; retry with backoff") from None
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._writes.get()]
+            while len(batch) < WRITES_PER_BATCH_MAX and not self._writes.empty():
+                batch.append(self._writes.get_nowait())
+            try:
+                await self._write_batch(batch)
+            except Exception:
+                log.exception("hub_write_batch_failed", size=len(batch))
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(
+                            StorageUnavailable("the hub could not write; retry")
+                        )
+
+    async def _write_batch(self, batch: list[_Write]) -> None:
+        """One lookup, every action in order, one transaction, then the replies."""
+        ids = [write.request_id for write in batch]
         async with self._lock:
-            stored = await self._worker.run(
-                lambda conn: sqlite_store.lookup_request(conn, request_id)
-            )
-            if stored is not None:
-                if stored[0] != digest:
-                    raise RequestIdReused(
-                        f"request_id {request_id!r} was used before with a different request",
-                        metadata={"request_id": request_id},
-                    )
-                return stored[1]
+            stored = await self._worker.run(lambda conn: sqlite_store.lookup_requests(conn, ids))
             now_ms = self.clock()
-            response = action()
+            rows: list[tuple[str, str, bytes, bytes, int]] = []
+            answered: list[tuple[_Write, bytes]] = []
+            for write in batch:
+                prior = stored.get(write.request_id)
+                if prior is not None:
+                    if prior[0] != write.digest:
+                        write.future.set_exception(_reused(write.request_id))
+                    else:
+                        answered.append((write, prior[1]))
+                    continue
+                try:
+                    response = write.action()
+                except StockdError as error:
+                    write.future.set_exception(error)
+                    continue
+                stored[write.request_id] = (write.digest, response)
+                rows.append((write.request_id, write.rpc, write.digest, response, now_ms))
+                answered.append((write, response))
             if self.book.dirty:
                 self._catalog_rows.append(promise_store.usage_row(self.catalog))
-            await self._commit(now_ms, requests=[(request_id, rpc, digest, response, now_ms)])
-            return response
+            await self._commit(now_ms, requests=rows)
+        for write, response in answered:
+            if not write.future.done():
+                write.future.set_result(response)
 
     # ----- ATP and promises --------------------------------------------------------
 

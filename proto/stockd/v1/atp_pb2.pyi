@@ -732,7 +732,10 @@ class AtpLineResult(_message.Message):
     """True when a site counted in the answer has stale data."""
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___AtpBucket]:
-        """Cumulative availability per bucket up to the horizon."""
+        """Cumulative availability at the end of each bucket after which it
+        changes, and at the horizon; a bucket left out has the availability of
+        the next bucket listed.
+        """
 
     @_builtins.property
     def sourcing(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourcingOption]:
@@ -812,7 +815,7 @@ class CheckAvailabilityResponse(_message.Message):
 
     @_builtins.property
     def sites(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteFreshness]:
-        """The sites considered and their freshness."""
+        """Freshness of the sites the answer sources from, and of any stale site."""
 
     @_builtins.property
     def evaluated_at(self) -> _timestamp_pb2.Timestamp:
