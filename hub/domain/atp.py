@@ -428,11 +428,12 @@ def _deductions_everywhere(
     deducted = [0] * count
     if not counted:
         return deducted
-    sellable = [0 if b is None or b.sellable < 0 else b.sellable for b in site_balances]
+    balances = [site_balances[position] for position in counted]
+    sellable = [0 if b is None or b.sellable < 0 else b.sellable for b in balances]
 
     def amounts(rule: Rule) -> list[int]:
         if rule.percent > 0:
-            return [-(-sellable[position] * rule.percent // 100) for position in counted]
+            return [-(-units * rule.percent // 100) for units in sellable]
         return [rule.quantity] * len(counted)
 
     def tally(rule: Rule, quantities: list[int], kept: int = 0) -> None:
@@ -446,13 +447,14 @@ def _deductions_everywhere(
     if rules.safety:
         rule = rules.safety[0][2]
         wanted = amounts(rule)
-        outside = []
-        for position in counted:
-            b = site_balances[position]
-            outside.append(
-                0 if b is None else max(0, b.sellable - b.local_share - b.hub_share - b.in_flight)
-            )
-        taken = [a - o if a > o else 0 for a, o in zip(wanted, outside, strict=True)]
+        # Units owned by neither share already keep (part of) the safety stock.
+        outside = [
+            0 if b is None else b.sellable - b.local_share - b.hub_share - b.in_flight
+            for b in balances
+        ]
+        taken = [
+            (a - o if a > o else 0) if o > 0 else a for a, o in zip(wanted, outside, strict=True)
+        ]
         for position, units in zip(counted, taken, strict=True):
             deducted[position] = units
         tally(rule, taken, sum(wanted) - sum(taken))
@@ -554,13 +556,17 @@ def _apply_limits(pre: list[int], group_limits: list[_Limit]) -> tuple[int, list
         return sum(pre), []
     work = pre.copy()
     bounds: list[int] = []
+    count = len(pre)
     for limit in group_limits:
+        everywhere = len(limit.positions) == count
         if limit.is_cap:
             bound = limit.remaining
         else:
-            bound = max(0, sum(pre[position] for position in limit.positions) - limit.remaining)
+            supply = sum(pre) if everywhere else sum([pre[p] for p in limit.positions])
+            bound = max(0, supply - limit.remaining)
         bounds.append(bound)
-        excess = sum(work[position] for position in limit.positions) - bound
+        covered = sum(work) if everywhere else sum([work[p] for p in limit.positions])
+        excess = covered - bound
         if excess > 0:
             for position in reversed(limit.positions):
                 taken = min(work[position], excess)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from hub.domain import atp
-from hub.domain.catalog import Catalog, Demand, HubItem, RuleType
+from hub.domain.catalog import Catalog, Demand, HubItem
 from hub.domain.view import HubView
 from server.domain.errors import (
     InsufficientStock,
@@ -264,11 +264,9 @@ class PromiseBook:
         balance = view.balance(site_id, sku)
         assert quantity <= balance.hub_free, "allocation above the hub's free share"
         balance.hub_reserved += quantity
-        for rule in catalog.rules_for(sku):
-            if rule.type in (RuleType.CAP, RuleType.PROTECTION) and rule.in_group(
-                promise.channel, promise.customer_tier
-            ):
-                catalog.record_usage(rule, now_ms, quantity)
+        # Only the caps and protections that cover this site count the units.
+        for rule in atp.usage_rules(catalog, sku, site_id, promise.demand):
+            catalog.record_usage(rule, now_ms, quantity)
         allocation = Allocation(site_id, sku, quantity)
         line.allocations.append(allocation)
         self.by_site_sku.setdefault((site_id, sku), set()).add(promise.promise_id)
