@@ -18,7 +18,7 @@ from edge_agent.adapters.sqlite_queries import LedgerQueries
 from edge_agent.service.engine import EdgeEngine, EngineSettings
 from server.runtime.auth import Authenticator
 from server.runtime.calls import summarise
-from server.runtime.grpc_server import GrpcServer, install_stop_signals
+from server.runtime.grpc_server import BUS_HEALTH_SERVICE, GrpcServer, install_stop_signals
 from server.runtime.logging import configure_logging
 
 log = structlog.get_logger("stockd.edge")
@@ -66,6 +66,9 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
     )
     try:
         port = await server.start()
+        if sync is not None:
+            bus = sync.bus
+            server.watch_dependency(BUS_HEALTH_SERVICE, lambda: bus.connected)
         if config.port_file is not None:
             temporary = config.port_file.with_suffix(".tmp")
             temporary.write_text(str(port))

@@ -19,7 +19,7 @@ from hub.adapters.grpc_servicer import HubServicer
 from hub.adapters.nats_bus import HubBus
 from hub.service.engine import HubEngine
 from server.runtime.auth import Authenticator
-from server.runtime.grpc_server import GrpcServer, install_stop_signals
+from server.runtime.grpc_server import BUS_HEALTH_SERVICE, GrpcServer, install_stop_signals
 from server.runtime.logging import configure_logging
 from stockd.v1 import atp_pb2_grpc, hub_pb2_grpc
 
@@ -52,6 +52,7 @@ async def serve(config: hub_settings.HubSettings, stop: asyncio.Event) -> None:
     expiry = asyncio.create_task(_expire_loop(engine, stop))
     try:
         port = await server.start()
+        server.watch_dependency(BUS_HEALTH_SERVICE, lambda: bus.bus.connected)
         if config.port_file is not None:
             temporary = config.port_file.with_suffix(".tmp")
             temporary.write_text(str(port))

@@ -16,6 +16,10 @@ from server.domain import limits
 
 log = structlog.get_logger("stockd.server")
 
+DEPENDENCY_POLL_SECONDS = 1.0
+# Health service name that reports the NATS link of an edge agent or the hub.
+BUS_HEALTH_SERVICE = "stockd.v1.Sync"
+
 SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", limits.MESSAGE_BYTES_MAX),
     ("grpc.max_send_message_length", limits.MESSAGE_BYTES_MAX),
@@ -40,6 +44,7 @@ class GrpcServer:
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.health = health_aio.HealthServicer()
         self.port = 0
+        self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         register = self._register
@@ -56,8 +61,33 @@ class GrpcServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
+    def watch_dependency(self, name: str, is_up: Callable[[], bool]) -> None:
+        """Publishes a dependency's state (e.g. the NATS link) as health of `name`.
+
+        The process keeps SERVING its own service either way (a site serves
+        offline); this lets an operator or orchestrator see the link is down.
+        """
+
+        async def report() -> None:
+            last: bool | None = None
+            while True:
+                up = is_up()
+                if up != last:
+                    status = (
+                        health_pb2.HealthCheckResponse.SERVING
+                        if up
+                        else health_pb2.HealthCheckResponse.NOT_SERVING
+                    )
+                    await self.health.set(name, status)
+                    last = up
+                await asyncio.sleep(DEPENDENCY_POLL_SECONDS)
+
+        self._watchers.append(asyncio.create_task(report(), name=f"health-{name}"))
+
     async def stop(self, grace_seconds: float = limits.SHUTDOWN_GRACE_SECONDS) -> None:
         """Reports NOT_SERVING, refuses new calls, lets in-flight calls finish."""
+        for watcher in self._watchers:
+            watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
 
