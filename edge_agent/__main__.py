@@ -58,6 +58,9 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
             ),
         )
         await sync.start()
+        bus_link = sync.bus
+        engine.optimistic_segments = config.optimistic_segments
+        engine.offline = lambda: not bus_link.connected
     servicer = EdgeServicer(engine, queries, auth, sync.status if sync is not None else None)
     server = GrpcServer(
         config.listen,

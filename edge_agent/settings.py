@@ -34,6 +34,8 @@ class EdgeSettings:
     quota_low_water: int = 0
     quota_high_water: int = 0
     nats_replicas: int = 1
+    # Optimistic segments: (SKU prefix, units a reservation may overbook while offline).
+    optimistic_segments: tuple[tuple[str, int], ...] = ()
 
 
 def parse_tokens(text: str) -> dict[str, str]:
@@ -113,4 +115,8 @@ def load(
         quota_low_water=int(sync.get("quota_low_water", 0)),
         quota_high_water=int(sync.get("quota_high_water", 0)),
         nats_replicas=int(sync.get("replicas", 1)),
+        optimistic_segments=tuple(
+            (str(segment["sku_prefix"]), int(segment["overbook_max"]))
+            for segment in sync.get("optimistic", [])
+        ),
     )

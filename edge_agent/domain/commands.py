@@ -7,6 +7,7 @@ transport's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.domain.model import Item, Location
@@ -14,11 +15,17 @@ from server.domain.model import Item, Location
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Who asks, when, and under which idempotency key."""
+    """Who asks, when, and under which idempotency key.
+
+    `overbook` is set only while the site is cut off from the hub: for SKUs of
+    an optimistic segment it gives how far reservations may exceed the local
+    share (the hub reconciles afterwards); strict SKUs get 0.
+    """
 
     now_ms: int
     actor: str
     request_id: str = ""
+    overbook: Callable[[str], int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

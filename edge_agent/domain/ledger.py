@@ -182,6 +182,25 @@ class EdgeLedger:
             return max(0, room - balance.reserved_local)
         return max(0, balance.sellable - safety - balance.reserved)
 
+    def reservable(self, sku: str, ctx: c.Context) -> int:
+        """What a new local reservation may take now.
+
+        Strict (the default): `available`. Optimistic segment while offline:
+        up to `bound` units beyond the local share, never beyond physical
+        sellable stock minus safety stock and the hub's holds.
+        """
+        bound = ctx.overbook(sku) if ctx.overbook is not None and self.hub_mode else 0
+        if bound <= 0:
+            return self.available(sku)
+        balance = self.balance(sku)
+        item = self.items.get(sku)
+        safety = item.safety_stock if item is not None else 0
+        room = min(
+            balance.local_share + bound,
+            balance.sellable - safety - balance.reserved_hub,
+        )
+        return max(0, room - balance.reserved_local)
+
     def local_free(self, sku: str) -> int:
         """Local share not held by local reservations (what may go back to the hub)."""
         balance = self.balance(sku)
@@ -928,7 +947,7 @@ class EdgeLedger:
         drafts: list[LedgerEvent] = []
         shortfalls: list[tuple[str, int, int]] = []
         for line, item, quantity in zip(command.lines, items, quantities, strict=True):
-            available = self.available(line.sku)
+            available = self.reservable(line.sku, ctx)
             granted = quantity
             if quantity > available:
                 if not command.allow_partial:

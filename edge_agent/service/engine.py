@@ -127,6 +127,16 @@ class EdgeEngine:
     committed_sequence: int = 0
     _committed: asyncio.Event = field(default_factory=asyncio.Event)
     meta: dict[str, str] = field(default_factory=dict)
+    # Optimistic segments: (SKU prefix, overbook bound) applied while offline().
+    optimistic_segments: tuple[tuple[str, int], ...] = ()
+    offline: Callable[[], bool] = field(default=lambda: False)
+
+    def overbook(self, sku: str) -> int:
+        """The overbook bound of the SKU's optimistic segment (0: strict)."""
+        for prefix, bound in self.optimistic_segments:
+            if sku.startswith(prefix):
+                return bound
+        return 0
 
     async def start(self) -> None:
         self._worker = SqliteWorker(self.settings.db_path, auto_checkpoint=False)
@@ -424,7 +434,12 @@ class EdgeEngine:
             location = self.ledger.upsert_location(check_location(command.location))
             rows.locations.append(location)
             return render(self.ledger, location) if render else b""
-        ctx = c.Context(now_ms=now_ms, actor=submission.actor, request_id=submission.request_id)
+        ctx = c.Context(
+            now_ms=now_ms,
+            actor=submission.actor,
+            request_id=submission.request_id,
+            overbook=self.overbook if self.offline() else None,
+        )
         decision = self.ledger.decide(command, ctx)
         for event in decision.events:
             self.ledger.evolve(event)

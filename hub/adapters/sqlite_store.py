@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS site_balances (
   shortfall INTEGER NOT NULL,
   as_of_sequence INTEGER NOT NULL,
   hub_reserved INTEGER NOT NULL,
+  reserved_hub INTEGER NOT NULL,
   PRIMARY KEY (site_id, sku)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS grants_in_flight (
@@ -82,7 +83,7 @@ _SITE_FIELDS = (
 )  # fmt: skip
 _BALANCE_FIELDS = (
     "site_id", "sku", "sellable", "total", "reserved_soft", "reserved_hard", "local_share",
-    "hub_share", "in_flight", "shortfall", "as_of_sequence", "hub_reserved",
+    "hub_share", "in_flight", "shortfall", "as_of_sequence", "hub_reserved", "reserved_hub",
 )  # fmt: skip
 
 

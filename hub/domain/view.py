@@ -37,6 +37,8 @@ class SiteBalance:
     shortfall: int = 0
     as_of_sequence: int = 0
     hub_reserved: int = 0
+    # Of the edge's hard reservations, those holding hub promises (drawn on hub_share).
+    reserved_hub: int = 0
 
     @property
     def hub_free(self) -> int:
@@ -188,10 +190,16 @@ class HubView:
                 balance.sellable += event.quantity
         elif kind is EventType.RESERVED:
             self._reserve(balance, event.reservation_kind, event.quantity)
+            if event.hub_promise_id:
+                balance.reserved_hub += event.quantity
         elif kind in (EventType.RELEASED, EventType.EXPIRED):
             self._reserve(balance, event.reservation_kind, -event.quantity)
+            if event.hub_promise_id:
+                balance.reserved_hub -= event.quantity
         elif kind is EventType.PICKED:
             self._reserve(balance, event.reservation_kind, -event.quantity)
+            if event.hub_promise_id:
+                balance.reserved_hub -= event.quantity
             balance.sellable -= event.quantity
             balance.total -= event.quantity
             if event.hub_promise_id:
@@ -317,6 +325,30 @@ class HubView:
         command = self._command(site_id, "quota_grant", sku=sku, quantity=quantity)
         self.grants_in_flight[(site_id, command.command_sequence)] = (sku, quantity)
         return command
+
+    def cover_overbooking(self, site_id: str, sku: str) -> int:
+        """Reconciles an optimistic site that reserved beyond its local share offline.
+
+        The units it overbooked were physically there, so they came out of the
+        hub's share: the hub grants them to the edge (making its local share
+        cover its reservations again) and lowers its own share. If the hub had
+        promised them, its promises there now exceed its share, which conflict
+        resolution settles by the allocation rules. Returns the units covered.
+        """
+        balance = self.balances.get((site_id, sku))
+        if balance is None:
+            return 0
+        local_reserved = balance.reserved_soft + balance.reserved_hard - balance.reserved_hub
+        overbook = local_reserved - (balance.local_share + balance.in_flight)
+        take = min(overbook, balance.hub_share)
+        if take <= 0:
+            return 0
+        balance = self.balance(site_id, sku)
+        balance.hub_share -= take
+        balance.in_flight += take
+        command = self._command(site_id, "quota_grant", sku=sku, quantity=take)
+        self.grants_in_flight[(site_id, command.command_sequence)] = (sku, take)
+        return take
 
     def recall(self, site_id: str, sku: str, quantity: int) -> Command:
         """Asks the edge to return up to `quantity` of its free local share."""

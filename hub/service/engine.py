@@ -169,6 +169,11 @@ class HubEngine:
         for site_id, sku, promise_id, quantity in picks:
             self.book.on_picked(site_id, sku, promise_id, quantity)
         for key in list(self.view.dirty_balances):
+            covered = self.view.cover_overbooking(*key)
+            if covered:
+                log.warning(
+                    "overbooking_reconciled", site_id=key[0], sku=key[1], quantity=covered
+                )
             balance = self.view.balances.get(key)
             if balance is not None and balance.hub_reserved > balance.hub_share:
                 moved = self.book.resolve_conflicts(self.catalog, self.view, *key, now_ms)
