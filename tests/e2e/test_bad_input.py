@@ -604,6 +604,8 @@ NOT_PRODUCIBLE_AT_THE_EDGE = {
     "ERROR_REASON_PERMISSION_DENIED": "tokens carry no roles yet (server/runtime/auth.py)",
     "ERROR_REASON_SHUTTING_DOWN": "the gRPC server stops taking calls before the engine closes",
     "ERROR_REASON_UNKNOWN_SITE": "raised by the hub only",
+    "ERROR_REASON_UNKNOWN_PROMISE": "hub only: test_hub_atp_flow.py",
+    "ERROR_REASON_PROMISE_CLOSED": "hub only: test_hub_atp_flow.py",
 }
 TRIGGERED_IN_THIS_MODULE = {
     *(bad.reason for bad in BAD),
