@@ -191,6 +191,9 @@ class EdgeSync:
                 backoff = 0.2
             except Exception as error:
                 self.bus.last_error = repr(error)
+                # The server may have come back without its JetStream store:
+                # make sure the streams exist again before the next try.
+                self._streams_owner = None
                 log.warning(
                     "sync_publish_failed",
                     error=repr(error),
@@ -334,6 +337,7 @@ class EdgeSync:
             except Exception as error:
                 self.bus.last_error = repr(error)
                 subscription = None
+                self._streams_owner = None
                 await asyncio.sleep(1.0)
                 continue
             for message in messages:

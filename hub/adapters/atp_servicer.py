@@ -173,6 +173,7 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
     async def CheckAvailability(
         self, request: atp_pb2.CheckAvailabilityRequest, call: Call
     ) -> atp_pb2.CheckAvailabilityResponse:
+        await self.engine.settled()
         started = time.monotonic()
         deadline = started + self.budget_ms / 1000
         if call.deadline is not None:
@@ -330,6 +331,7 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
     async def GetPromise(
         self, request: atp_pb2.GetPromiseRequest, call: Call
     ) -> atp_pb2.GetPromiseResponse:
+        await self.engine.settled()
         return atp_pb2.GetPromiseResponse(
             promise=promise_to_proto(self.engine.book.get(request.promise_id))
         )
@@ -338,6 +340,7 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
     async def ListPromises(
         self, request: atp_pb2.ListPromisesRequest, call: Call
     ) -> atp_pb2.ListPromisesResponse:
+        await self.engine.settled()
         size = paging.page_size(request.page_size)
         query = ("promises", request.state, request.reference)
         after = paging.decode(request.page_token, query)

@@ -78,6 +78,7 @@ class HubServicer(hub_pb2_grpc.HubInventoryServiceServicer):
     async def ListSites(
         self, request: hub_pb2.ListSitesRequest, call: Call
     ) -> hub_pb2.ListSitesResponse:
+        await self.engine.settled()
         now_ms = time.time_ns() // 1_000_000
         return hub_pb2.ListSitesResponse(
             sites=[
@@ -90,6 +91,7 @@ class HubServicer(hub_pb2_grpc.HubInventoryServiceServicer):
     async def GetSiteBalances(
         self, request: hub_pb2.GetSiteBalancesRequest, call: Call
     ) -> hub_pb2.GetSiteBalancesResponse:
+        await self.engine.settled()
         state = self._site(request.site_id)
         view = self.engine.view
         now_ms = time.time_ns() // 1_000_000

@@ -107,6 +107,7 @@ class HubBus:
                 self.bus.last_error = repr(error)
                 log.warning("hub_fetch_failed", error=repr(error))
                 subscription = None
+                self._streams_owner = None  # recreate them if the store was lost
                 await asyncio.sleep(1.0)
                 continue
             await self._handle(messages)
@@ -199,4 +200,5 @@ class HubBus:
                 except Exception as error:
                     self.bus.last_error = repr(error)
                     log.warning("hub_command_publish_failed", error=repr(error))
+                    self._streams_owner = None
                     await asyncio.sleep(1.0)

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +85,7 @@ class HubEngine:
     _catalog_rows: list[promise_store.CatalogRow] = field(default_factory=list)
     _catalog_deleted: list[tuple[str, str]] = field(default_factory=list)
     stale_after_ms: int = 60_000
+    _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _writes: asyncio.Queue[_Write] = field(init=False)
     _writer: asyncio.Task[None] = field(init=False)
 
@@ -96,12 +97,32 @@ class HubEngine:
         await self._worker.run(sqlite_store.initialise)
         self.view = await self._worker.run(sqlite_store.load)
         self.catalog, self.book = await self._worker.run(promise_store.load)
+        self._settled.set()
         self.commands_ready.set()
         log.info(
             "hub_view_loaded",
             sites=len(self.view.sites),
             balances=len(self.view.balances),
         )
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """Serialises writers and marks the view unsettled until their commit ends."""
+        async with self._lock:
+            self._settled.clear()
+            try:
+                yield
+            finally:
+                self._settled.set()
+
+    async def settled(self) -> None:
+        """Waits until no write is between changing the view and committing it.
+
+        Reads call this first, so nothing they report can be rolled back or
+        lost in a crash (the view runs ahead of the disk only inside a write).
+        """
+        if not self._settled.is_set():
+            await self._settled.wait()
 
     async def close(self) -> None:
         self._writer.cancel()
@@ -112,7 +133,7 @@ class HubEngine:
     async def ingest(self, messages: Sequence[Incoming]) -> list[Rejected | None]:
         """Applies a fetched batch in one transaction; returns per message None or why
         it must be dead-lettered."""
-        async with self._lock:
+        async with self._writing():
             now_ms = self.clock()
             outcomes: list[Rejected | None] = []
             drift: list[tuple[str, int, int, str]] = []
@@ -137,6 +158,18 @@ class HubEngine:
                         message.digest,
                         now_ms,
                     )
+                    state = self.view.sites.get(message.site_id)
+                    if (
+                        result == "skipped"
+                        and state is not None
+                        and not state.repairing
+                        and state.applied_sequence < message.as_of_sequence
+                    ):
+                        # The checksum follows the entries it covers on the stream,
+                        # so being behind it means entries were lost: ask again.
+                        self._ask_replay(
+                            message.site_id, state.applied_sequence + 1, now_ms, "behind_checksum"
+                        )
                     if result == "match":
                         self.stats.checksums_matched += 1
                     elif result == "drift":
@@ -280,6 +313,7 @@ class HubEngine:
                 batch.append(self._writes.get_nowait())
             try:
                 await self._write_batch(batch)
+                await asyncio.sleep(0)  # let reads waiting for the commit run first
             except Exception:
                 log.exception("hub_write_batch_failed", size=len(batch))
                 for write in batch:
@@ -291,7 +325,7 @@ class HubEngine:
     async def _write_batch(self, batch: list[_Write]) -> None:
         """One lookup, every action in order, one transaction, then the replies."""
         ids = [write.request_id for write in batch]
-        async with self._lock:
+        async with self._writing():
             stored = await self._worker.run(lambda conn: sqlite_store.lookup_requests(conn, ids))
             now_ms = self.clock()
             rows: list[tuple[str, str, bytes, bytes, int]] = []
@@ -412,7 +446,7 @@ class HubEngine:
         return await self._idempotent(rpc, request_id, payload, action)
 
     async def expire_promises(self) -> int:
-        async with self._lock:
+        async with self._writing():
             now_ms = self.clock()
             expired = self.book.expire_due(self.view, now_ms)
             if not expired:
