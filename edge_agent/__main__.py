@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from edge_agent.adapters.sqlite_queries import LedgerQueries
 from edge_agent.service.engine import EdgeEngine, EngineSettings
 from server.runtime.auth import Authenticator
 from server.runtime.calls import summarise
+from server.runtime.config import write_port_file
 from server.runtime.grpc_server import BUS_HEALTH_SERVICE, GrpcServer, install_stop_signals
 from server.runtime.logging import configure_logging
 
@@ -73,9 +73,7 @@ async def serve(config: edge_settings.EdgeSettings, stop: asyncio.Event) -> None
             bus = sync.bus
             server.watch_dependency(BUS_HEALTH_SERVICE, lambda: bus.connected)
         if config.port_file is not None:
-            temporary = config.port_file.with_suffix(".tmp")
-            temporary.write_text(str(port))
-            os.replace(temporary, config.port_file)
+            write_port_file(config.port_file, port)
         log.info("server_started", site_id=config.site_id, port=port, db=str(config.db_path))
         summary = asyncio.create_task(_summarise(servicer, engine, stop))
         await stop.wait()

@@ -6,14 +6,12 @@ Precedence: command-line flag > environment (STOCKD_*) > config file > default.
 from __future__ import annotations
 
 import argparse
-import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from server.domain import limits
+from server.runtime.config import Layers, add_common_arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--site", help="site id (env STOCKD_SITE)")
     parser.add_argument("--db", help="SQLite ledger path (env STOCKD_DB)")
-    parser.add_argument("--listen", help="host:port to serve gRPC on (env STOCKD_LISTEN)")
-    parser.add_argument("--config", help="TOML config file (env STOCKD_CONFIG)")
-    parser.add_argument("--port-file", help="write the bound port here once serving")
     parser.add_argument(
         "--nats", help="NATS URL of the hub's bus; enables sync and hub-managed shares"
     )
-    parser.add_argument("--log-level", help="debug, info, warning, error")
-    parser.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    add_common_arguments(parser)
     return parser
 
 
@@ -70,20 +64,8 @@ def load(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> EdgeSettings:
     args = build_parser().parse_args(argv)
-    env = os.environ if environ is None else environ
-    config_path = args.config or env.get("STOCKD_CONFIG")
-    file: dict[str, Any] = {}
-    if config_path:
-        with open(config_path, "rb") as handle:
-            file = tomllib.load(handle)
-        file = {**file, **file.get("edge", {})}
-
-    def pick(flag: object, env_key: str, file_key: str, default: Any = None) -> Any:
-        if flag is not None:
-            return flag
-        if env_key in env:
-            return env[env_key]
-        return file.get(file_key, default)
+    layers = Layers(args, environ, "edge")
+    env, file, pick = layers.env, layers.file, layers.pick
 
     site_id = pick(args.site, "STOCKD_SITE", "site_id")
     db = pick(args.db, "STOCKD_DB", "db")

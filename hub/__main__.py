@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +18,7 @@ from hub.adapters.grpc_servicer import HubServicer
 from hub.adapters.nats_bus import HubBus
 from hub.service.engine import HubEngine
 from server.runtime.auth import Authenticator
+from server.runtime.config import write_port_file
 from server.runtime.grpc_server import BUS_HEALTH_SERVICE, GrpcServer, install_stop_signals
 from server.runtime.logging import configure_logging
 from stockd.v1 import atp_pb2_grpc, hub_pb2_grpc
@@ -54,9 +54,7 @@ async def serve(config: hub_settings.HubSettings, stop: asyncio.Event) -> None:
         port = await server.start()
         server.watch_dependency(BUS_HEALTH_SERVICE, lambda: bus.bus.connected)
         if config.port_file is not None:
-            temporary = config.port_file.with_suffix(".tmp")
-            temporary.write_text(str(port))
-            os.replace(temporary, config.port_file)
+            write_port_file(config.port_file, port)
         log.info("server_started", port=port, db=str(config.db_path), nats=config.nats_url)
         await stop.wait()
         log.info("server_stopping")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from server.runtime.config import Layers, add_common_arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,26 +30,10 @@ def load(
     parser = argparse.ArgumentParser(prog="stockd hub", description="Run the stockd hub.")
     parser.add_argument("--db", help="SQLite path of the hub's view (env STOCKD_DB)")
     parser.add_argument("--nats", help="NATS URL (env STOCKD_NATS)")
-    parser.add_argument("--listen", help="host:port to serve gRPC on (env STOCKD_LISTEN)")
-    parser.add_argument("--config", help="TOML config file (env STOCKD_CONFIG)")
-    parser.add_argument("--port-file", help="write the bound port here once serving")
-    parser.add_argument("--log-level", help="debug, info, warning, error")
-    parser.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-    env = os.environ if environ is None else environ
-    config_path = args.config or env.get("STOCKD_CONFIG")
-    file: dict[str, Any] = {}
-    if config_path:
-        with open(config_path, "rb") as handle:
-            file = tomllib.load(handle)
-        file = {**file, **file.get("hub", {})}
-
-    def pick(flag: object, env_key: str, file_key: str, default: Any = None) -> Any:
-        if flag is not None:
-            return flag
-        if env_key in env:
-            return env[env_key]
-        return file.get(file_key, default)
+    layers = Layers(args, environ, "hub")
+    file, pick = layers.file, layers.pick
 
     db = pick(args.db, "STOCKD_DB", "db")
     nats_url = pick(args.nats, "STOCKD_NATS", "nats")

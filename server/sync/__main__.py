@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
+from server.runtime.config import write_port_file
 from server.runtime.grpc_server import install_stop_signals
 from server.sync.nats_server import NatsServer
 
@@ -26,9 +26,7 @@ async def _run(work_dir: Path, port: int | None, port_file: Path | None) -> None
     try:
         print(server.url, flush=True)
         if port_file is not None:
-            temporary = port_file.with_suffix(".tmp")
-            temporary.write_text(str(server.port))
-            os.replace(temporary, port_file)
+            write_port_file(port_file, server.port)
         await stop.wait()
     finally:
         await server.stop()
