@@ -27,13 +27,25 @@ from server.domain.errors import (
 )
 from server.domain.model import EventType, ReservationState
 from server.runtime.auth import Authenticator
-from server.runtime.calls import Call, unary
+from server.runtime.calls import Call, Undecodable, safe_deserializer, unary
 from server.runtime.status import to_status
 from stockd.v1 import common_pb2, edge_pb2, edge_pb2_grpc
 
 log = structlog.get_logger("stockd.edge.rpc")
 
 T = TypeVar("T")
+
+
+def _milliseconds(violations: Violations, name: str, request: Any) -> int | None:
+    """A Timestamp field as milliseconds, or a violation when it is out of range."""
+    if not request.HasField(name):
+        return None
+    try:
+        milliseconds: int = getattr(request, name).ToMilliseconds()
+        return milliseconds
+    except (ValueError, OverflowError):
+        violations.add(name, "timestamp out of range (years 1 to 9999)")
+        return None
 
 
 def _check_request_id(request_id: str) -> None:
@@ -419,9 +431,12 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
             if event_type not in EventType._value2member_map_ or event_type == 0:
                 violations.add(f"types[{index}]", f"unknown event type {event_type}")
         violations.raise_if_any()
+        if request.after_sequence > paging.INT64_MAX:
+            violations.add("after_sequence", f"above the limit of {paging.INT64_MAX}")
+        since_ms = _milliseconds(violations, "since", request)
+        until_ms = _milliseconds(violations, "until", request)
+        violations.raise_if_any()
         size = paging.page_size(request.page_size)
-        since_ms = request.since.ToMilliseconds() if request.HasField("since") else None
-        until_ms = request.until.ToMilliseconds() if request.HasField("until") else None
         query = (
             "events", request.sku, request.actor, since_ms, until_ms,
             request.after_sequence, sorted(request.types),
@@ -468,6 +483,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         """
         try:
             self.auth.principal(context.invocation_metadata())
+            if isinstance(request, Undecodable):
+                raise request.as_error()
             self._check_skus(list(request.skus))
             if len(self._watch_queues) >= limits.WATCHERS_MAX:
                 raise Overloaded(f"at most {limits.WATCHERS_MAX} watchers")
@@ -567,13 +584,13 @@ def register(server: grpc.aio.Server, servicer: EdgeServicer) -> None:
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 behaviour,
-                request_deserializer=request_type.FromString,
+                request_deserializer=safe_deserializer(request_type),
                 response_serializer=serializer,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 behaviour,
-                request_deserializer=request_type.FromString,
+                request_deserializer=safe_deserializer(request_type),
                 response_serializer=serializer,
             )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -340,20 +340,25 @@ class EdgeSync:
                 self._streams_owner = None
                 await asyncio.sleep(1.0)
                 continue
+            # A fetched batch may hold redeliveries ahead of newer commands:
+            # apply in command order, not arrival order.
+            parsed: list[tuple[int, Msg, sync_pb2.HubCommand]] = []
             for message in messages:
-                if not await self._handle_command(message):
-                    break
+                try:
+                    command = sync_pb2.HubCommand.FromString(message.data)
+                except Exception:
+                    await self._dead_letter(message, "malformed_command")
+                    continue
+                if command.site_id != self.site_id:
+                    await self._dead_letter(message, "wrong_site")
+                    continue
+                parsed.append((command.command_sequence, message, command))
+            parsed.sort(key=lambda entry: entry[0])
+            for _, message, command in parsed:
+                await self._handle_command(message, command)
 
-    async def _handle_command(self, message: Msg) -> bool:
-        """Applies one command; False when it must wait for an earlier one."""
-        try:
-            command = sync_pb2.HubCommand.FromString(message.data)
-        except Exception:
-            await self._dead_letter(message, "malformed_command")
-            return True
-        if command.site_id != self.site_id:
-            await self._dead_letter(message, "wrong_site")
-            return True
+    async def _handle_command(self, message: Msg, command: sync_pb2.HubCommand) -> bool:
+        """Applies one command; False when it must wait for an earlier one (NAKed)."""
         sequence = command.command_sequence
         if sequence <= self.applied_command_sequence:
             await message.ack()

@@ -9,6 +9,9 @@ import json
 from server.domain import limits
 from server.domain.errors import FieldViolation, InvalidPageToken, Violations
 
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
 
 def page_size(requested: int, path: str = "page_size") -> int:
     """Applies the default and the cap; negative sizes are bad input."""
@@ -39,7 +42,11 @@ def decode(token: str, query: object, path: str = "page_token") -> object:
         body = json.loads(base64.urlsafe_b64decode(padded.encode()))
         if body["q"] != _query_digest(query):
             raise ValueError("token belongs to another query")
-        return body["p"]
+        position = body["p"]
+        for value in position if isinstance(position, list) else [position]:
+            if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                raise ValueError("position out of range")
+        return position
     except (ValueError, KeyError, TypeError) as error:
         raise InvalidPageToken(
             f"invalid page token: {error}",

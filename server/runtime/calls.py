@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
-from server.domain.errors import StockdError
+from server.domain.errors import FieldViolation, InvalidArgument, StockdError
 from server.runtime.auth import Authenticator
 from server.runtime.status import to_status
 
@@ -49,6 +49,34 @@ def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return time.monotonic() + remaining
 
 
+class Undecodable:
+    """Stands for request bytes the request type could not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def as_error(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"the request could not be decoded: {self.error}",
+            violations=[FieldViolation("", "not a valid protobuf message of the request type")],
+        )
+
+
+def safe_deserializer(request_type: Any) -> Callable[[bytes], Any]:
+    """Parses requests; bad bytes become an `Undecodable` that `unary` refuses
+    with INVALID_ARGUMENT (gRPC itself would answer UNKNOWN)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except Exception as error:
+            return Undecodable(str(error))
+
+    return parse
+
+
 Handler = Callable[[Any, Any, Call], Awaitable[Any]]
 Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
@@ -68,6 +96,8 @@ def unary(rpc: str, *, mutating: bool) -> Callable[[Handler], Method]:
                     principal = self.auth.principal(context.invocation_metadata())
                 else:
                     principal = self.auth.principal(None)
+                if isinstance(request, Undecodable):
+                    raise request.as_error()
                 call = Call(principal, deadline_of(context), context)
                 response = await handler(self, request, call)
             except StockdError as error:

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from server.domain.errors import StockdError
 
 ERROR_DOMAIN = "stockd"
+FIELD_VIOLATIONS_MAX = 20
 
 
 def grpc_code(error: StockdError) -> grpc.StatusCode:
@@ -31,14 +32,23 @@ def to_status(error: StockdError) -> grpc.Status:
     )
     details.append(info)
     if error.violations:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
+        # Capped: gRPC drops trailers above 16 KiB, which would lose the status
+        # details altogether; the count of the rest is stated.
+        shown = error.violations[:FIELD_VIOLATIONS_MAX]
+        field_violations = [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=violation.field, description=violation.description
+            )
+            for violation in shown
+        ]
+        if len(error.violations) > len(shown):
+            field_violations.append(
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=violation.field, description=violation.description
+                    field="",
+                    description=f"{len(error.violations) - len(shown)} more violations not listed",
                 )
-                for violation in error.violations
-            ]
-        )
+            )
+        bad_request = error_details_pb2.BadRequest(field_violations=field_violations)
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         details.append(packed)
