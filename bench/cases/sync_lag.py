@@ -56,7 +56,11 @@ if TYPE_CHECKING:
 
 CASE_NAME = "sync_lag"
 SITE_ID = "lag"
-SKU = "LAG00001"
+# 1,000 ledger entries/s as 250 Reserve calls/s of 4 lines (one entry per line):
+# the target is about entries, and fewer calls leave the 2 cores to sync.
+LINES_PER_REQUEST = 4
+SKUS = [f"LAG{index:05d}" for index in range(1, LINES_PER_REQUEST + 1)]
+SKU = SKUS[0]
 # Far more than a run can reserve (OFFERED_RATE_PER_S x the longest allowed
 # warm-up plus duration is 660,000).
 RECEIVE_QUANTITY = 10_000_000
@@ -64,7 +68,7 @@ OFFERED_RATE_PER_S = 1000
 # Enough that the callers are never what limits the rate: at 1,000/s they
 # cover replies of up to 128 ms. Fewer would turn a slow edge into a lower
 # offered rate instead of a longer queue.
-CALLERS = 128
+CALLERS = 64
 POLL_INTERVAL_SECONDS = 0.002
 # How long after the window the hub may take to apply the measured events
 # before the missing ones are counted as errors.
@@ -387,13 +391,13 @@ def lag_run(
             lags_ns.append(max(0, applied_ns - committed_ns))
     applied_in_window = timeline.applied_by(end_ns) - timeline.applied_by(start_ns)
     failed = sum(1 for at in load.errors if start_ns <= at < end_ns)
-    achieved = len(measured) / (window_ns / 1e9)
+    achieved = len(measured) * LINES_PER_REQUEST / (window_ns / 1e9)
     run = make_run(
         {
             "concurrency": CALLERS,
             "offered_per_s": OFFERED_RATE_PER_S,
             "achieved_per_s": round(achieved, 1),
-            "lines_per_request": 1,
+            "lines_per_request": LINES_PER_REQUEST,
             "poll_interval_ms": POLL_INTERVAL_SECONDS * 1000,
         },
         applied_in_window,
@@ -421,20 +425,20 @@ async def measure_lag(context: CaseContext, edge_target: str, hub_target: str) -
     async with open_channel(edge_target) as edge_channel, open_channel(hub_target) as hub_channel:
         edge_stub: EdgeStub = edge_pb2_grpc.EdgeInventoryServiceStub(edge_channel)
         hub_stub: HubStub = hub_pb2_grpc.HubInventoryServiceStub(hub_channel)
-        await upsert_items(edge_stub, edge_target, [SKU])
-        await receive(edge_stub, edge_target, [(SKU, RECEIVE_QUANTITY)])
+        await upsert_items(edge_stub, edge_target, SKUS)
+        await receive(edge_stub, edge_target, [(sku, RECEIVE_QUANTITY) for sku in SKUS])
         seeded = await edge_sync_status(edge_stub, edge_target)
         # The hub is consuming and has caught up before anything is measured.
         await wait_for_hub(hub_stub, hub_target, SITE_ID, seeded.last_sequence)
 
         reserve = raw_unary(edge_channel, RESERVE_METHOD_PATH)
-        line = edge_pb2.ReserveLine(sku=SKU, quantity=1)
+        lines = [edge_pb2.ReserveLine(sku=sku, quantity=1) for sku in SKUS]
         error_codes: Counter[str] = Counter()
 
         async def call() -> int | None:
             request = edge_pb2.ReserveRequest(
                 request_id=str(uuid.uuid4()),
-                lines=[line],
+                lines=lines,
                 kind=common_pb2.RESERVATION_KIND_HARD,
             )
             try:
@@ -461,7 +465,9 @@ async def measure_lag(context: CaseContext, edge_target: str, hub_target: str) -
             poll_hub(hub_stub, SITE_ID, timeline, POLL_INTERVAL_SECONDS, drained)
         )
         try:
-            load = await paced_load(call, OFFERED_RATE_PER_S, CALLERS, load_start_ns, end_ns)
+            load = await paced_load(
+                call, OFFERED_RATE_PER_S // LINES_PER_REQUEST, CALLERS, load_start_ns, end_ns
+            )
             target_sequence = max((seq for at, seq in load.commits if at < end_ns), default=0)
             load_done = True
             with contextlib.suppress(TimeoutError):
