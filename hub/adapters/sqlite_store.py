@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS sites (
   drift_detected INTEGER NOT NULL,
   repairing INTEGER NOT NULL,
   next_command_sequence INTEGER NOT NULL,
-  gaps INTEGER NOT NULL
+  gaps INTEGER NOT NULL,
+  replay_until INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS site_balances (
   site_id TEXT NOT NULL,
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS drift_log (
 _SITE_FIELDS = (
     "site_id", "applied_sequence", "last_event_ms", "last_applied_ms", "last_lag_ms",
     "known_sequence", "checksums_matched", "drift_detected", "repairing",
-    "next_command_sequence", "gaps",
+    "next_command_sequence", "gaps", "replay_until",
 )  # fmt: skip
 _BALANCE_FIELDS = (
     "site_id", "sku", "sellable", "total", "reserved_soft", "reserved_hard", "local_share",

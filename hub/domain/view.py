@@ -64,6 +64,9 @@ class SiteState:
     repairing: bool = False
     next_command_sequence: int = 1
     gaps: int = 0
+    # During a repair by replay: entries up to here were applied before, so
+    # their effects on the hub's own shares must not be applied twice.
+    replay_until: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,9 @@ class HubView:
     def _apply(self, site_id: str, event: LedgerEvent) -> None:
         kind = event.type
         balance = self.balance(site_id, event.sku)
+        # Replayed entries rebuild the projection only; the hub's shares
+        # already carry their effects.
+        hub_effects = event.sequence > self.sites[site_id].replay_until
         balance.as_of_sequence = event.sequence
         balance.local_share += event.local_share_delta
         sellable = event.status is StockStatus.SELLABLE
@@ -172,12 +178,13 @@ class HubView:
             balance.total += event.quantity
             if sellable:
                 balance.sellable += event.quantity
-                if event.quantity < 0:
+                if event.quantity < 0 and hub_effects:
                     self._charge_deficit(balance, -event.quantity, event.local_share_delta)
         elif kind is EventType.STATUS_CHANGED:
             if sellable:
                 balance.sellable -= event.quantity
-                self._charge_deficit(balance, event.quantity, event.local_share_delta)
+                if hub_effects:
+                    self._charge_deficit(balance, event.quantity, event.local_share_delta)
             elif event.to_status is StockStatus.SELLABLE:
                 balance.sellable += event.quantity
         elif kind is EventType.TRANSFERRED_OUT:
@@ -202,7 +209,7 @@ class HubView:
                 balance.reserved_hub -= event.quantity
             balance.sellable -= event.quantity
             balance.total -= event.quantity
-            if event.hub_promise_id:
+            if event.hub_promise_id and hub_effects:
                 # Rule 5: picking a hub promise lowers the hub's share with it.
                 balance.hub_share = max(0, balance.hub_share - event.quantity)
                 balance.hub_reserved = max(0, balance.hub_reserved - event.quantity)
@@ -216,7 +223,9 @@ class HubView:
                 if grant is not None:
                     balance.in_flight -= grant[1]
                     self.settled_grants.add(key)
-        elif kind is EventType.QUOTA_RETURNED and event.reason != "shares_adopted":
+        elif (
+            kind is EventType.QUOTA_RETURNED and event.reason != "shares_adopted" and hub_effects
+        ):
             balance.hub_share += event.quantity
 
     @staticmethod
@@ -279,16 +288,18 @@ class HubView:
     def start_repair(self, site_id: str, reason: str) -> Command:
         """Forgets the site's projection and asks the edge for its whole ledger.
 
-        The hub's own shares (hub_share, in_flight, hub_reserved) are kept:
-        they are the hub's records, not a projection of the edge's.
+        The hub's own records (hub_share, in_flight, hub_reserved, shortfall)
+        are kept: they are not a projection of the edge's ledger, and the
+        replayed entries do not apply their effects on them again.
         """
         state = self.site(site_id)
         for sku, balance in self.by_site.get(site_id, {}).items():
             balance.sellable = balance.total = 0
             balance.reserved_soft = balance.reserved_hard = balance.local_share = 0
-            balance.shortfall = 0
+            balance.reserved_hub = 0
             balance.as_of_sequence = 0
             self.dirty_balances.add((site_id, sku))
+        state.replay_until = max(state.replay_until, state.applied_sequence)
         state.applied_sequence = 0
         state.repairing = True
         return self._command(site_id, "replay_request", from_sequence=1, reason=reason)

@@ -1,0 +1,1 @@
+"""Fault injection: process-level chaos (harness, soak) and the deterministic simulation."""

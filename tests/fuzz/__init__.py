@@ -1,0 +1,1 @@
+"""Fuzzing of the RPC surface with Hypothesis."""
