@@ -21,7 +21,7 @@ class HubSettings:
     log_json: bool | None = None
     nats_replicas: int = 1
     stale_after_ms: int = 60_000
-    atp_budget_ms: int = 250
+    atp_budget_ms: int = 1000
 
 
 def load(
@@ -50,5 +50,5 @@ def load(
         log_json=args.log_json,
         nats_replicas=int(file.get("sync", {}).get("replicas", 1)),
         stale_after_ms=int(file.get("atp", {}).get("stale_after_ms", 60_000)),
-        atp_budget_ms=int(file.get("atp", {}).get("budget_ms", 250)),
+        atp_budget_ms=int(file.get("atp", {}).get("budget_ms", 1000)),
     )

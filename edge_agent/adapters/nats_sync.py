@@ -98,6 +98,7 @@ class EdgeSync:
     _js_owner: object = None
     _last_quota_request: dict[str, float] = field(default_factory=dict)
     _streams_owner: object = None
+    _replays: int = 0
 
     @property
     def site_id(self) -> str:
@@ -153,6 +154,12 @@ class EdgeSync:
         if self._streams_owner is not self.bus.client:
             await streams.ensure_streams(self._jetstream(), replicas=self.settings.replicas)
             self._streams_owner = self.bus.client
+
+    def _message_id(self, first: int, last: int) -> str:
+        """Site and sequence range; a replay adds its round, so JetStream's
+        duplicate window cannot drop the very batches the hub asked for again."""
+        base = f"{self.site_id}:{first}-{last}"
+        return f"{base}:r{self._replays}" if self._replays else base
 
     def _jetstream(self) -> JetStreamContext:
         client = self.bus.client
@@ -228,7 +235,7 @@ class EdgeSync:
                 future = await js.publish_async(
                     subject,
                     message.SerializeToString(),
-                    headers={"Nats-Msg-Id": f"{self.site_id}:{first}-{last}"},
+                    headers={"Nats-Msg-Id": self._message_id(first, last)},
                 )
                 pending.append((last, future))
             for last, future in pending:
@@ -400,6 +407,7 @@ class EdgeSync:
                 )
             elif body == "replay_request":
                 self._replay_from = max(0, command.replay_request.from_sequence - 1)
+                self._replays += 1
                 await self.engine.execute_internal(None, meta=meta)
                 log.warning(
                     "sync_replay_requested",

@@ -148,7 +148,7 @@ def _queries(lines: Any) -> list[atp.LineQuery]:
 
 
 class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
-    def __init__(self, engine: HubEngine, auth: Authenticator, budget_ms: int = 250) -> None:
+    def __init__(self, engine: HubEngine, auth: Authenticator, budget_ms: int = 1000) -> None:
         self.engine = engine
         self.auth = auth
         self.budget_ms = budget_ms

@@ -87,6 +87,7 @@ def test_a_repair_by_replay_leaves_the_hub_share_as_it_was() -> None:
     assert balance.hub_share == before
     assert balance.local_share + balance.hub_share <= balance.sellable
 
+
 def test_seeds_with_drift_repairs_keep_every_invariant() -> None:
     """The same runs with drift repairs forced (what a checksum mismatch triggers)."""
     results = run_seeds(range(REPAIR_SEEDS), repair_probability=REPAIR_PROBABILITY)
