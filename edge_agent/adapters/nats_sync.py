@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from edge_agent.adapters.sqlite_queries import EventFilter, LedgerQueries
 from edge_agent.domain import commands as c
 from edge_agent.domain.ledger import EdgeLedger
 from edge_agent.service.engine import EdgeEngine, Outcome
+from server.domain.digest import balance_digest as digest_rows
 from server.domain.errors import StockdError
 from server.sync import streams
 from server.sync.connection import BusConnection
@@ -66,20 +66,21 @@ def balance_digest(ledger: EdgeLedger) -> tuple[int, int, bytes]:
 
     The hub computes the same digest over its view; a difference is drift.
     """
-    lines = []
-    for sku in sorted(ledger.balances):
-        balance = ledger.balances[sku]
-        fields = (
-            balance.sellable,
-            balance.total,
-            balance.reserved_soft,
-            balance.reserved_hard,
-            ledger.local_share(sku),
+    rows = (
+        (
+            sku,
+            (
+                balance.sellable,
+                balance.total,
+                balance.reserved_soft,
+                balance.reserved_hard,
+                ledger.local_share(sku),
+            ),
         )
-        if any(fields):
-            lines.append(f"{sku}|{'|'.join(str(value) for value in fields)}\n")
-    digest = hashlib.sha256("".join(lines).encode()).digest()
-    return ledger.last_sequence, len(lines), digest
+        for sku, balance in ledger.balances.items()
+    )
+    count, digest = digest_rows(rows)
+    return ledger.last_sequence, count, digest
 
 
 @dataclass

@@ -25,6 +25,9 @@ from server.domain.model import (
     StockStatus,
     UnitConversion,
 )
+from server.storage.sqlite import lookup_requests
+
+__all__ = ["lookup_requests"]
 
 SCHEMA_VERSION = 1
 
@@ -365,22 +368,6 @@ def write_batch(connection: sqlite3.Connection, rows: BatchRows) -> None:
     except BaseException:
         connection.execute("ROLLBACK")
         raise
-
-
-def lookup_requests(
-    connection: sqlite3.Connection, request_ids: list[str]
-) -> dict[str, tuple[bytes, bytes]]:
-    """Returns request_id -> (fingerprint, response) for ids already committed."""
-    found: dict[str, tuple[bytes, bytes]] = {}
-    for start in range(0, len(request_ids), 500):
-        chunk = request_ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        for request_id, fingerprint, response in connection.execute(
-            f"SELECT request_id, fingerprint, response FROM requests WHERE request_id IN ({marks})",
-            chunk,
-        ):
-            found[request_id] = (bytes(fingerprint), bytes(response))
-    return found
 
 
 def request_ids(connection: sqlite3.Connection) -> list[str]:

@@ -501,6 +501,14 @@ class EdgeLedger:
         after = min(balance.local_share - min(shrink, free), physical_room)
         return min(0, after - balance.local_share)
 
+    def _on_hand_change_delta(self, sku: str, status: StockStatus, delta: int) -> int:
+        """Local-share change for on-hand moving by `delta` (adjustments, counts)."""
+        if status is not StockStatus.SELLABLE or delta == 0:
+            return 0
+        if delta > 0:
+            return self._growth_delta(delta)
+        return self._shrink_delta(sku, -delta, self.balance(sku).sellable + delta)
+
     def _growth_delta(self, quantity: int) -> int:
         return quantity if self.hub_mode else 0
 
@@ -661,13 +669,7 @@ class EdgeLedger:
             )
         if balance.total + delta > limits.ON_HAND_MAX:
             raise _too_much("quantity_delta")
-        share_delta = 0
-        if status is StockStatus.SELLABLE:
-            share_delta = (
-                self._growth_delta(delta)
-                if delta > 0
-                else self._shrink_delta(command.sku, -delta, balance.sellable + delta)
-            )
+        share_delta = self._on_hand_change_delta(command.sku, status, delta)
         drafts = [
             _draft(
                 EventType.ADJUSTED,
@@ -721,13 +723,7 @@ class EdgeLedger:
         variance = counted - balance.bucket(location, status)
         if balance.total + variance > limits.ON_HAND_MAX:
             raise _too_much("counted_quantity")
-        share_delta = 0
-        if status is StockStatus.SELLABLE:
-            share_delta = (
-                self._growth_delta(variance)
-                if variance > 0
-                else self._shrink_delta(command.sku, -variance, balance.sellable + variance)
-            )
+        share_delta = self._on_hand_change_delta(command.sku, status, variance)
         drafts = [
             _draft(
                 EventType.COUNTED,

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from hub.adapters import promise_store
 from hub.domain.view import Command, HubView, SiteBalance, SiteState
+from server.storage.sqlite import lookup_requests
+
+__all__ = ["lookup_requests"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -192,21 +195,6 @@ def mark_published(connection: sqlite3.Connection, keys: list[tuple[str, int]]) 
         "UPDATE commands SET published = 1 WHERE site_id = ? AND command_sequence = ?", keys
     )
     connection.execute("COMMIT")
-
-
-def lookup_requests(
-    connection: sqlite3.Connection, request_ids: list[str]
-) -> dict[str, tuple[bytes, bytes]]:
-    found: dict[str, tuple[bytes, bytes]] = {}
-    for start in range(0, len(request_ids), 500):
-        chunk = request_ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        for request_id, fingerprint, response in connection.execute(
-            f"SELECT request_id, fingerprint, response FROM requests WHERE request_id IN ({marks})",
-            chunk,
-        ):
-            found[request_id] = (bytes(fingerprint), bytes(response))
-    return found
 
 
 def lookup_request(connection: sqlite3.Connection, request_id: str) -> tuple[bytes, bytes] | None:

@@ -15,10 +15,10 @@ and past that recorded as `shortfall` for conflict resolution.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from server.domain.digest import balance_digest
 from server.domain.errors import InsufficientStock, Violations
 from server.domain.model import EventType, LedgerEvent, ReservationKind, StockStatus
 
@@ -249,20 +249,19 @@ class HubView:
 
     def digest(self, site_id: str) -> tuple[int, bytes]:
         """Same digest the edge computes over its own balances."""
-        lines = []
-        rows = self.by_site.get(site_id, {})
-        for sku in sorted(rows):
-            balance = rows[sku]
-            fields = (
-                balance.sellable,
-                balance.total,
-                balance.reserved_soft,
-                balance.reserved_hard,
-                balance.local_share,
+        return balance_digest(
+            (
+                sku,
+                (
+                    balance.sellable,
+                    balance.total,
+                    balance.reserved_soft,
+                    balance.reserved_hard,
+                    balance.local_share,
+                ),
             )
-            if any(fields):
-                lines.append(f"{sku}|{'|'.join(str(value) for value in fields)}\n")
-        return len(lines), hashlib.sha256("".join(lines).encode()).digest()
+            for sku, balance in self.by_site.get(site_id, {}).items()
+        )
 
     def check_checksum(
         self, site_id: str, as_of_sequence: int, sku_count: int, digest: bytes, now_ms: int = 0

@@ -89,3 +89,23 @@ class SqliteWorker:
 
             await asyncio.get_running_loop().run_in_executor(self._executor, _close)
         self._executor.shutdown(wait=True)
+
+
+def lookup_requests(
+    connection: sqlite3.Connection, request_ids: list[str]
+) -> dict[str, tuple[bytes, bytes]]:
+    """request_id -> (fingerprint, response) of the ids already committed.
+
+    Both processes keep idempotency records in a `requests` table of the same
+    shape; this looks many up in one pass (in chunks under SQLite's variable limit).
+    """
+    found: dict[str, tuple[bytes, bytes]] = {}
+    for start in range(0, len(request_ids), 500):
+        chunk = request_ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for request_id, fingerprint, response in connection.execute(
+            f"SELECT request_id, fingerprint, response FROM requests WHERE request_id IN ({marks})",
+            chunk,
+        ):
+            found[request_id] = (bytes(fingerprint), bytes(response))
+    return found

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from edge_agent.adapters.nats_sync import balance_digest
 from edge_agent.domain import commands as c
 from edge_agent.domain.ledger import Decision, EdgeLedger, replay
 from hub.domain.view import Command, HubView
@@ -288,20 +289,8 @@ class SimResult:
 
 
 def reference_digest(ledger: EdgeLedger) -> tuple[int, int, bytes]:
-    """The balance digest (same formula as the edge adapter and the hub)."""
-    lines = []
-    for sku in sorted(ledger.balances):
-        balance = ledger.balances[sku]
-        fields = (
-            balance.sellable,
-            balance.total,
-            balance.reserved_soft,
-            balance.reserved_hard,
-            ledger.local_share(sku),
-        )
-        if any(fields):
-            lines.append(f"{sku}|{'|'.join(str(value) for value in fields)}\n")
-    return ledger.last_sequence, len(lines), hashlib.sha256("".join(lines).encode()).digest()
+    """The balance digest, as the edge adapter publishes it."""
+    return balance_digest(ledger)
 
 
 def balance_fields(ledger: EdgeLedger, sku: str) -> tuple[int, int, int, int, int]:
