@@ -21,7 +21,7 @@ log = structlog.get_logger("stockd.bus")
 CONNECT_TIMEOUT_SECONDS = 2.0
 RECONNECT_WAIT_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 5.0
-CLOSE_TIMEOUT_SECONDS = 2.0
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 
 class BusConnection:
