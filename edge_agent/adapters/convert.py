@@ -9,7 +9,6 @@ from server.domain.model import (
     Location,
     LocationId,
     Sku,
-    StockStatus,
     UnitConversion,
 )
 from server.sync.wire import event_from_proto, event_to_proto, timestamp
@@ -220,5 +219,3 @@ def transfer(request: edge_pb2.TransferRequest) -> c.Transfer:
         reason=request.reason,
     )
 
-
-SELLABLE = int(StockStatus.SELLABLE)

@@ -24,6 +24,7 @@ from server.domain.errors import (
     UnknownReservation,
     UnknownSku,
     Violations,
+    check_request_id,
 )
 from server.domain.model import EventType, ReservationState
 from server.runtime.auth import Authenticator
@@ -46,17 +47,6 @@ def _milliseconds(violations: Violations, name: str, request: Any) -> int | None
     except (ValueError, OverflowError):
         violations.add(name, "timestamp out of range (years 1 to 9999)")
         return None
-
-
-def _check_request_id(request_id: str) -> None:
-    violations = Violations()
-    if not request_id:
-        violations.add("request_id", "must not be empty (use a client-generated UUID)")
-    elif len(request_id) > limits.REQUEST_ID_LENGTH_MAX:
-        violations.add("request_id", f"longer than {limits.REQUEST_ID_LENGTH_MAX} characters")
-    elif not request_id.isprintable():
-        violations.add("request_id", "must be printable")
-    violations.raise_if_any()
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
@@ -88,7 +78,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         render: Callable[[EdgeLedger, Outcome], Any],
     ) -> bytes:
         """Runs a write; returns the serialized response (stored for replays)."""
-        _check_request_id(request.request_id)
+        check_request_id(request.request_id)
         return await self.engine.execute(
             rpc,
             command,
@@ -186,59 +176,47 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
         result = await self._write("Receive", request, call, convert.receive(request), render)
         return result
 
-    @unary("Adjust", mutating=True)
-    async def Adjust(self, request: edge_pb2.AdjustRequest, call: Call) -> bytes:
-        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.AdjustResponse:
+    def _sku_change(self, response_type: Any, sku: str) -> Callable[[EdgeLedger, Outcome], Any]:
+        """Renders the common reply of a one-SKU stock change: entries and new balance."""
+
+        def render(ledger: EdgeLedger, decision: Outcome) -> Any:
             assert isinstance(decision, Decision)
-            return edge_pb2.AdjustResponse(
-                events=self._events(decision),
-                availability=convert.availability(ledger, request.sku),
+            return response_type(
+                events=self._events(decision), availability=convert.availability(ledger, sku)
             )
 
-        result = await self._write("Adjust", request, call, convert.adjust(request), render)
-        return result
+        return render
+
+    @unary("Adjust", mutating=True)
+    async def Adjust(self, request: edge_pb2.AdjustRequest, call: Call) -> bytes:
+        render = self._sku_change(edge_pb2.AdjustResponse, request.sku)
+        return await self._write("Adjust", request, call, convert.adjust(request), render)
 
     @unary("RecordCount", mutating=True)
     async def RecordCount(self, request: edge_pb2.RecordCountRequest, call: Call) -> bytes:
+        change = self._sku_change(edge_pb2.RecordCountResponse, request.sku)
+
         def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.RecordCountResponse:
             assert isinstance(decision, Decision)
-            return edge_pb2.RecordCountResponse(
-                events=self._events(decision),
-                variance=decision.variance,
-                availability=convert.availability(ledger, request.sku),
-            )
+            response: edge_pb2.RecordCountResponse = change(ledger, decision)
+            response.variance = decision.variance
+            return response
 
-        result = await self._write(
+        return await self._write(
             "RecordCount", request, call, convert.record_count(request), render
         )
-        return result
 
     @unary("ChangeStatus", mutating=True)
     async def ChangeStatus(self, request: edge_pb2.ChangeStatusRequest, call: Call) -> bytes:
-        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ChangeStatusResponse:
-            assert isinstance(decision, Decision)
-            return edge_pb2.ChangeStatusResponse(
-                events=self._events(decision),
-                availability=convert.availability(ledger, request.sku),
-            )
-
-        result = await self._write(
+        render = self._sku_change(edge_pb2.ChangeStatusResponse, request.sku)
+        return await self._write(
             "ChangeStatus", request, call, convert.change_status(request), render
         )
-        return result
 
     @unary("Transfer", mutating=True)
     async def Transfer(self, request: edge_pb2.TransferRequest, call: Call) -> bytes:
-        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.TransferResponse:
-            assert isinstance(decision, Decision)
-            return edge_pb2.TransferResponse(
-                events=self._events(decision),
-                availability=convert.availability(ledger, request.sku),
-            )
-
-        result = await self._write(
-            "Transfer", request, call, convert.transfer(request), render)  # fmt: skip
-        return result
+        render = self._sku_change(edge_pb2.TransferResponse, request.sku)
+        return await self._write("Transfer", request, call, convert.transfer(request), render)
 
     # ----- reservations ----------------------------------------------------
 
@@ -279,36 +257,34 @@ class EdgeServicer(edge_pb2_grpc.EdgeInventoryServiceServicer):
             )
         return error
 
-    @unary("Release", mutating=True)
-    async def Release(self, request: edge_pb2.ReleaseRequest, call: Call) -> bytes:
-        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.ReleaseResponse:
+    async def _resolve(
+        self, rpc: str, request: Any, call: Call, command: c.Command, response_type: Any
+    ) -> bytes:
+        """Release and Pick: the reply is the reservation after its entries."""
+
+        def render(ledger: EdgeLedger, decision: Outcome) -> Any:
             assert isinstance(decision, Decision)
-            return edge_pb2.ReleaseResponse(
+            return response_type(
                 reservation=self._reservation_proto(ledger, request.reservation_id),
                 events=self._events(decision),
             )
 
         try:
-            result = await self._write(
-                "Release", request, call, convert.release(request), render)  # fmt: skip
+            return await self._write(rpc, request, call, command, render)
         except UnknownReservation as error:
             raise await self._closed_or_unknown(error, request.reservation_id) from None
-        return result
+
+    @unary("Release", mutating=True)
+    async def Release(self, request: edge_pb2.ReleaseRequest, call: Call) -> bytes:
+        return await self._resolve(
+            "Release", request, call, convert.release(request), edge_pb2.ReleaseResponse
+        )
 
     @unary("Pick", mutating=True)
     async def Pick(self, request: edge_pb2.PickRequest, call: Call) -> bytes:
-        def render(ledger: EdgeLedger, decision: Outcome) -> edge_pb2.PickResponse:
-            assert isinstance(decision, Decision)
-            return edge_pb2.PickResponse(
-                reservation=self._reservation_proto(ledger, request.reservation_id),
-                events=self._events(decision),
-            )
-
-        try:
-            result = await self._write("Pick", request, call, convert.pick(request), render)
-        except UnknownReservation as error:
-            raise await self._closed_or_unknown(error, request.reservation_id) from None
-        return result
+        return await self._resolve(
+            "Pick", request, call, convert.pick(request), edge_pb2.PickResponse
+        )
 
     # ----- reads -------------------------------------------------------------
 

@@ -25,9 +25,6 @@ from server.domain.model import (
     StockStatus,
     UnitConversion,
 )
-from server.storage.sqlite import lookup_requests
-
-__all__ = ["lookup_requests"]
 
 SCHEMA_VERSION = 1
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
@@ -40,7 +40,7 @@ from server.domain.errors import (
 )
 from server.domain.model import SYSTEM_ACTOR, Item, Location
 from server.storage.bloom import BloomFilter
-from server.storage.sqlite import SqliteWorker
+from server.storage.sqlite import SqliteWorker, lookup_requests
 
 log = structlog.get_logger("stockd.edge.engine")
 
@@ -335,7 +335,7 @@ class EdgeEngine:
         ]
         if unknown:
             found = await self._worker.run(
-                lambda conn: sqlite_ledger.lookup_requests(conn, unknown)
+                lambda conn: lookup_requests(conn, unknown)
             )
             for request_id, (digest, response) in found.items():
                 self._remember(request_id, _Stored(digest, response, committed=True))
@@ -509,12 +509,6 @@ class EdgeEngine:
         if expired:
             log.info("reservations_expired", entries=expired)
         return expired
-
-    # ----- reads -----------------------------------------------------------
-
-    async def read(self, function: Callable[[Any], Any]) -> Any:
-        """Runs a read on the writer thread (used by tests and tools)."""
-        return await self._worker.run(function)
 
 
 def _reused(request_id: str) -> RequestIdReused:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -35,7 +35,7 @@ from hub.domain.catalog import (
 from hub.domain.promises import Decision, Promise, PromiseRequestLine
 from hub.service.engine import HubEngine
 from server.domain import limits, paging
-from server.domain.errors import DeadlineExceeded, StockdError, Violations
+from server.domain.errors import DeadlineExceeded, StockdError, Violations, check_request_id
 from server.runtime.auth import Authenticator
 from server.runtime.calls import Call, unary
 from server.runtime.status import to_status
@@ -44,14 +44,8 @@ from stockd.v1 import atp_pb2, atp_pb2_grpc
 
 PROMISE_TTL_SECONDS_DEFAULT = 900
 ATP_CHUNK_LINES = 50
+PromiseRender = Callable[[Promise], bytes]
 DECISION_QUEUE_MAX = 1024
-
-
-def _check_request_id(request_id: str) -> None:
-    violations = Violations()
-    if not request_id or len(request_id) > limits.REQUEST_ID_LENGTH_MAX:
-        violations.add("request_id", f"must be 1 to {limits.REQUEST_ID_LENGTH_MAX} characters")
-    violations.raise_if_any()
 
 
 def promise_to_proto(promise: Promise) -> atp_pb2.Promise:
@@ -251,7 +245,7 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
 
     @unary("Promise", mutating=True)
     async def Promise(self, request: atp_pb2.PromiseRequest, call: Call) -> atp_pb2.PromiseResponse:
-        _check_request_id(request.request_id)
+        check_request_id(request.request_id)
         violations = Violations()
         if not 0 <= request.ttl_seconds <= limits.TTL_SECONDS_MAX:
             violations.add("ttl_seconds", f"must be between 0 and {limits.TTL_SECONDS_MAX}")
@@ -301,31 +295,35 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
     async def ConfirmPromise(
         self, request: atp_pb2.ConfirmPromiseRequest, call: Call
     ) -> atp_pb2.ConfirmPromiseResponse:
-        _check_request_id(request.request_id)
-        data = await self.engine.confirm(
-            request.request_id,
-            request.SerializeToString(deterministic=True),
-            request.promise_id,
-            lambda p: atp_pb2.ConfirmPromiseResponse(
-                promise=promise_to_proto(p)
-            ).SerializeToString(),
+        response: atp_pb2.ConfirmPromiseResponse = await self._promise_change(
+            self.engine.confirm, request, atp_pb2.ConfirmPromiseResponse
         )
-        return atp_pb2.ConfirmPromiseResponse.FromString(data)
+        return response
 
     @unary("ReleasePromise", mutating=True)
     async def ReleasePromise(
         self, request: atp_pb2.ReleasePromiseRequest, call: Call
     ) -> atp_pb2.ReleasePromiseResponse:
-        _check_request_id(request.request_id)
-        data = await self.engine.release_promise(
+        response: atp_pb2.ReleasePromiseResponse = await self._promise_change(
+            self.engine.release_promise, request, atp_pb2.ReleasePromiseResponse
+        )
+        return response
+
+    async def _promise_change(
+        self,
+        change: Callable[[str, bytes, str, PromiseRender], Awaitable[bytes]],
+        request: Any,
+        response_type: Any,
+    ) -> Any:
+        """Confirm and release: an idempotent change answered with the promise after it."""
+        check_request_id(request.request_id)
+        data = await change(
             request.request_id,
             request.SerializeToString(deterministic=True),
             request.promise_id,
-            lambda p: atp_pb2.ReleasePromiseResponse(
-                promise=promise_to_proto(p)
-            ).SerializeToString(),
+            lambda promise: response_type(promise=promise_to_proto(promise)).SerializeToString(),
         )
-        return atp_pb2.ReleasePromiseResponse.FromString(data)
+        return response_type.FromString(data)
 
     @unary("GetPromise", mutating=False)
     async def GetPromise(
@@ -420,7 +418,7 @@ class AdminServicer(atp_pb2_grpc.HubAdminServiceServicer):
         request: Any,
         change: Callable[[Catalog], tuple[list[promise_store.CatalogRow], bytes]],
     ) -> bytes:
-        _check_request_id(request.request_id)
+        check_request_id(request.request_id)
         return await self.engine.admin(
             rpc, request.request_id, request.SerializeToString(deterministic=True), change
         )

@@ -8,7 +8,7 @@ from collections import Counter
 from hub.domain.view import Command, SiteBalance, SiteState
 from hub.service.engine import HubEngine
 from server.domain import limits, paging
-from server.domain.errors import UnknownSite, Violations
+from server.domain.errors import UnknownSite, Violations, check_request_id
 from server.runtime.auth import Authenticator
 from server.runtime.calls import Call, unary
 from server.sync.wire import timestamp
@@ -52,8 +52,7 @@ def balance_to_proto(balance: SiteBalance) -> hub_pb2.SiteBalance:
 
 def _check_write(request_id: str, site_id: str, sku: str) -> None:
     violations = Violations()
-    if not request_id or len(request_id) > limits.REQUEST_ID_LENGTH_MAX:
-        violations.add("request_id", "must be 1 to 128 characters")
+    check_request_id(request_id, violations)
     if not site_id:
         violations.add("site_id", "must not be empty")
     if not sku:

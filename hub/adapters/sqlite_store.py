@@ -13,9 +13,6 @@ from dataclasses import dataclass, field
 
 from hub.adapters import promise_store
 from hub.domain.view import Command, HubView, SiteBalance, SiteState
-from server.storage.sqlite import lookup_requests
-
-__all__ = ["lookup_requests"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -195,10 +192,3 @@ def mark_published(connection: sqlite3.Connection, keys: list[tuple[str, int]]) 
         "UPDATE commands SET published = 1 WHERE site_id = ? AND command_sequence = ?", keys
     )
     connection.execute("COMMIT")
-
-
-def lookup_request(connection: sqlite3.Connection, request_id: str) -> tuple[bytes, bytes] | None:
-    row = connection.execute(
-        "SELECT fingerprint, response FROM requests WHERE request_id = ?", (request_id,)
-    ).fetchone()
-    return (bytes(row[0]), bytes(row[1])) if row else None

@@ -16,6 +16,7 @@ filled, highest priority and oldest first, when the hub's free share grows.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -121,6 +122,8 @@ class PromiseBook:
     # (site, sku) -> promise ids with an open allocation there.
     by_site_sku: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     backorders: set[str] = field(default_factory=set)
+    # (expires_at_ms, promise_id) of held promises: expiry never scans them all.
+    expiry_heap: list[tuple[int, str]] = field(default_factory=list)
 
     def drain(self) -> tuple[set[str], list[Decision]]:
         dirty, decisions = self.dirty, self.new_decisions
@@ -130,9 +133,13 @@ class PromiseBook:
     def index(self) -> None:
         """Rebuilds the indexes after promises were loaded in bulk."""
         self.by_site_sku, self.backorders = {}, set()
+        self.expiry_heap = []
         for promise in self.promises.values():
             if promise.active:
                 self._index(promise)
+            if promise.state is PromiseState.HELD:
+                self.expiry_heap.append((promise.expires_at_ms, promise.promise_id))
+        heapq.heapify(self.expiry_heap)
 
     def _index(self, promise: Promise) -> None:
         for line in promise.lines:
@@ -246,6 +253,7 @@ class PromiseBook:
                 )
             promise.lines.append(promise_line)
         self.promises[promise_id] = promise
+        heapq.heappush(self.expiry_heap, (promise.expires_at_ms, promise_id))
         self._index(promise)
         self.dirty.add(promise_id)
         return promise
@@ -333,11 +341,11 @@ class PromiseBook:
         return promise
 
     def expire_due(self, view: HubView, now_ms: int, limit: int = 1000) -> list[str]:
-        due = [
-            promise.promise_id
-            for promise in self.promises.values()
-            if promise.state is PromiseState.HELD and promise.expires_at_ms <= now_ms
-        ][:limit]
+        due: list[str] = []
+        while self.expiry_heap and self.expiry_heap[0][0] <= now_ms and len(due) < limit:
+            _, promise_id = heapq.heappop(self.expiry_heap)
+            if self.promises[promise_id].state is PromiseState.HELD:  # else confirmed or gone
+                due.append(promise_id)
         for promise_id in due:
             self.release(view, promise_id, now_ms, PromiseState.EXPIRED)
         return due

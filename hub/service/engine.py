@@ -26,7 +26,7 @@ from hub.domain.incoming import ChecksumIn, EventsIn, Incoming, QuotaRequestIn, 
 from hub.domain.promises import Decision, Promise, PromiseBook, PromiseRequestLine
 from hub.domain.view import Command, HubView, SiteBalance
 from server.domain.errors import Overloaded, RequestIdReused, StockdError, StorageUnavailable
-from server.storage.sqlite import SqliteWorker
+from server.storage.sqlite import SqliteWorker, lookup_requests
 
 log = structlog.get_logger("stockd.hub.engine")
 
@@ -326,7 +326,7 @@ class HubEngine:
         """One lookup, every action in order, one transaction, then the replies."""
         ids = [write.request_id for write in batch]
         async with self._writing():
-            stored = await self._worker.run(lambda conn: sqlite_store.lookup_requests(conn, ids))
+            stored = await self._worker.run(lambda conn: lookup_requests(conn, ids))
             now_ms = self.clock()
             rows: list[tuple[str, str, bytes, bytes, int]] = []
             answered: list[tuple[_Write, bytes]] = []

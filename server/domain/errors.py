@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from server.domain import limits
+
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
@@ -169,6 +171,23 @@ class Violations:
                 + (f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""),
                 violations=self.items,
             )
+
+
+def check_request_id(request_id: str, violations: Violations | None = None) -> None:
+    """Every mutating call's idempotency key: 1 to 128 printable characters.
+
+    With `violations`, records the problem there (the caller raises with its
+    other findings); without, raises at once.
+    """
+    found = violations if violations is not None else Violations()
+    if not request_id:
+        found.add("request_id", "must not be empty (use a client-generated UUID)")
+    elif len(request_id) > limits.REQUEST_ID_LENGTH_MAX:
+        found.add("request_id", f"longer than {limits.REQUEST_ID_LENGTH_MAX} characters")
+    elif not request_id.isprintable():
+        found.add("request_id", "must be printable")
+    if violations is None:
+        found.raise_if_any()
 
 
 ALL_ERRORS: tuple[type[StockdError], ...] = (

@@ -276,6 +276,7 @@ class EdgeProcess(ChildProcess):
         nats_url: str,
         *,
         checksum_interval_seconds: float = CHECKSUM_INTERVAL_SECONDS,
+        extra_config: str = "",
     ) -> None:
         self.site_id = site_id
         self.db_path = work_dir / f"edge-{site_id}.db"
@@ -285,7 +286,7 @@ class EdgeProcess(ChildProcess):
             "[sync]\n"
             f"checksum_interval_seconds = {checksum_interval_seconds}\n"
             "quota_low_water = 0\n"
-            "quota_high_water = 0\n"
+            "quota_high_water = 0\n" + extra_config
         )
         super().__init__(
             f"edge-{site_id}",
@@ -367,12 +368,14 @@ class ProcessGroup:
         nats_url: str,
         *,
         checksum_interval_seconds: float = CHECKSUM_INTERVAL_SECONDS,
+        extra_config: str = "",
     ) -> EdgeProcess:
         process = EdgeProcess(
             self.work_dir,
             site_id,
             nats_url,
             checksum_interval_seconds=checksum_interval_seconds,
+            extra_config=extra_config,
         )
         self.processes.append(process)
         await process.start()
