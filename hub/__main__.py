@@ -40,7 +40,9 @@ async def serve(config: hub_settings.HubSettings, stop: asyncio.Event) -> None:
     await bus.start()
     auth = Authenticator(config.tokens)
     servicer = HubServicer(engine, auth)
-    atp_servicer = AtpServicer(engine, auth, budget_ms=config.atp_budget_ms)
+    atp_servicer = AtpServicer(
+        engine, auth, budget_ms=config.atp_budget_ms, cache_entries=config.atp_cache_entries
+    )
     admin_servicer = AdminServicer(engine, auth)
 
     def register(server: grpc.aio.Server) -> None:

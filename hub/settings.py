@@ -22,6 +22,8 @@ class HubSettings:
     nats_replicas: int = 1
     stale_after_ms: int = 60_000
     atp_budget_ms: int = 1000
+    # ATP answers kept for reuse while their inputs are unchanged (0: off).
+    atp_cache_entries: int = 20_000
 
 
 def load(
@@ -51,4 +53,5 @@ def load(
         nats_replicas=int(file.get("sync", {}).get("replicas", 1)),
         stale_after_ms=int(file.get("atp", {}).get("stale_after_ms", 60_000)),
         atp_budget_ms=int(file.get("atp", {}).get("budget_ms", 1000)),
+        atp_cache_entries=int(file.get("atp", {}).get("cache_entries", 20_000)),
     )

@@ -17,11 +17,9 @@ from typing import Any
 import grpc
 
 from hub.adapters import promise_store
-from hub.domain import atp
+from hub.domain import answer_cache, atp
 from hub.domain.catalog import (
     Catalog,
-    Demand,
-    ExplanationKind,
     HubItem,
     Pool,
     Rule,
@@ -33,7 +31,7 @@ from hub.domain.catalog import (
     SupplyType,
 )
 from hub.domain.promises import Decision, Promise, PromiseRequestLine
-from hub.service.engine import HubEngine
+from hub.service.engine import HubEngine, wall_clock_ms
 from server.domain import limits, paging
 from server.domain.errors import DeadlineExceeded, StockdError, Violations, check_request_id
 from server.runtime.auth import Authenticator
@@ -142,10 +140,19 @@ def _queries(lines: Any) -> list[atp.LineQuery]:
 
 
 class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
-    def __init__(self, engine: HubEngine, auth: Authenticator, budget_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: HubEngine,
+        auth: Authenticator,
+        budget_ms: int = 1000,
+        cache_entries: int = answer_cache.CAPACITY_DEFAULT,
+    ) -> None:
         self.engine = engine
         self.auth = auth
         self.budget_ms = budget_ms
+        self.answers: answer_cache.AnswerCache[atp_pb2.AtpLineResult] = answer_cache.AnswerCache(
+            cache_entries
+        )
         self.rpc_counts: Counter[tuple[str, str]] = Counter()
         self._watchers: set[asyncio.Queue[Decision | None]] = set()
         engine.decision_listeners.append(self._broadcast)
@@ -174,74 +181,65 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
             deadline = min(deadline, call.deadline)
         if started >= deadline:
             raise DeadlineExceeded("the deadline passed before the answer could start")
-        demand = self.engine.catalog.demand(request.channel, request.customer_tier, request.pool_id)
-        queries = _queries(request.lines)
-        if len(queries) <= ATP_CHUNK_LINES:
-            answers = self._check(request, queries, demand)
-        else:
-            # Validate every line first (paths name the caller's line numbers),
-            # then answer in chunks, yielding between them and giving up once
-            # the budget is spent: a late answer is no answer, and it must not
-            # hold up the callers behind it.
-            if len(queries) > limits.LINES_PER_REQUEST_MAX:
-                violations = Violations()
-                violations.add(
-                    "lines",
-                    f"{len(queries)} lines is above the limit of {limits.LINES_PER_REQUEST_MAX}",
-                    "ERROR_REASON_TOO_MANY_LINES",
-                )
-                violations.raise_if_any()
-            for index, query in enumerate(queries):
-                atp.to_base(self.engine.catalog, self.engine.view, query, f"lines[{index}]")
-            answers = []
-            for start in range(0, len(queries), ATP_CHUNK_LINES):
-                if start:
-                    await asyncio.sleep(0)
-                if time.monotonic() >= deadline:
-                    raise DeadlineExceeded(
-                        f"the answer did not fit the {self.budget_ms} ms budget or the deadline",
-                        metadata={"lines_answered": str(start), "lines": str(len(queries))},
-                    )
-                answers += self._check(request, queries[start : start + ATP_CHUNK_LINES], demand)
-        now_ms = time.time_ns() // 1_000_000
-        # Freshness of the sites the answer relies on, and of any stale pool site.
-        sourcing_sites = {o.site_id for answer in answers for o in answer.sourcing}
-        stale_sites = {
-            e.site_id
-            for answer in answers
-            for e in answer.explanations
-            if e.kind is ExplanationKind.STALE
-        }
-        freshness = []
-        for site_id in sorted(sourcing_sites | stale_sites):
-            state = self.engine.view.sites.get(site_id)
-            age = now_ms - state.last_applied_ms if state and state.last_applied_ms else -1
-            freshness.append(
-                atp_pb2.SiteFreshness(
-                    site_id=site_id,
-                    data_age_ms=max(age, 0),
-                    stale=age < 0 or age > self.engine.stale_after_ms,
-                )
-            )
-        return atp_pb2.CheckAvailabilityResponse(
-            lines=[answer_to_proto(answer) for answer in answers],
-            sites=freshness,
-            evaluated_at=timestamp(now_ms),
-        )
-
-    def _check(
-        self,
-        request: atp_pb2.CheckAvailabilityRequest,
-        queries: list[atp.LineQuery],
-        demand: Demand,
-    ) -> list[atp.LineAnswer]:
-        return self.engine.check(
-            queries,
+        engine = self.engine
+        demand = engine.catalog.demand(request.channel, request.customer_tier, request.pool_id)
+        checked = engine.validate(
+            _queries(request.lines),
             demand,
             horizon_days=request.horizon_days,
             bucket_days=request.bucket_days,
             include_substitutes=request.include_substitutes,
         )
+        response = atp_pb2.CheckAvailabilityResponse()
+        results = response.lines
+        line_count = len(checked.lines)
+        for start in range(0, line_count, ATP_CHUNK_LINES):
+            if start:
+                # Long requests answer in chunks, yielding between them and
+                # giving up once the budget is spent: a late answer is no
+                # answer, and it must not hold up the callers behind it.
+                await asyncio.sleep(0)
+                await engine.settled()
+                if time.monotonic() >= deadline:
+                    raise DeadlineExceeded(
+                        f"the answer did not fit the {self.budget_ms} ms budget or the deadline",
+                        metadata={"lines_answered": str(start), "lines": str(line_count)},
+                    )
+            self._answer_lines(checked, start, min(start + ATP_CHUNK_LINES, line_count), results)
+        now_ms = wall_clock_ms()
+        # Freshness of the sites the answer relies on, and of any stale pool site.
+        site_ids: set[str] = set()
+        for line in results:
+            site_ids.update(option.site_id for option in line.sourcing)
+            if line.stale:
+                site_ids.update(
+                    e.site_id for e in line.explanations if e.kind == atp_pb2.EXPLANATION_KIND_STALE
+                )
+        for site_id in sorted(site_ids):
+            state = engine.view.sites.get(site_id)
+            age = now_ms - state.last_applied_ms if state and state.last_applied_ms else -1
+            response.sites.add(
+                site_id=site_id,
+                data_age_ms=max(age, 0),
+                stale=age < 0 or age > engine.stale_after_ms,
+            )
+        response.evaluated_at.CopyFrom(timestamp(now_ms))
+        return response
+
+    def _answer_lines(
+        self,
+        checked: atp.CheckRequest,
+        start: int,
+        stop: int,
+        out: Any,
+    ) -> None:
+        """Appends lines [start, stop) to `out`, reusing cached answers (see
+        hub/domain/answer_cache.py: a reused answer equals a recomputed one)."""
+        lines = self.engine.answer_lines(checked, self.answers, answer_to_proto, start, stop)
+        for index, cached in enumerate(lines, start):
+            result = out.add()
+            result.CopyFrom(cached)
+            result.line_id = checked.lines[index][0].line_id
 
     @unary("Promise", mutating=True)
     async def Promise(self, request: atp_pb2.PromiseRequest, call: Call) -> atp_pb2.PromiseResponse:

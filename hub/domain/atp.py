@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 
 from hub.domain.catalog import (
     DAY_MS,
@@ -63,6 +64,18 @@ BUCKET_DAYS_DEFAULT = 1
 STALE_AFTER_MS_DEFAULT = 60_000
 # Sourcing options per line: the best few; the line total counts every site.
 SOURCING_OPTIONS_MAX = 10
+MINUTE_MS = 60_000
+# The balance fields an answer reads (see `inputs`).
+_ATP_FIELDS = attrgetter(
+    "site_id",
+    "sellable",
+    "local_share",
+    "hub_share",
+    "hub_reserved",
+    "in_flight",
+    "reserved_soft",
+    "reserved_hard",
+)
 
 _SUPPLY_KINDS = {
     SupplyType.IN_TRANSIT: ExplanationKind.IN_TRANSIT,
@@ -113,6 +126,11 @@ class LineAnswer:
     # (substitute sku, its available_now, units of the requested SKU it covers).
     substitutes: tuple[tuple[str, int, int], ...]
     stale: bool
+    # Until when the clock alone cannot change this answer (0: not reusable,
+    # as a stale answer is): the next minute (explanations name times to the
+    # minute; buckets, periods and lead times move by whole days) or a
+    # counted site turning stale, whichever is first.
+    valid_until_ms: int = 0
 
 
 # ----- input -----------------------------------------------------------------
@@ -641,6 +659,8 @@ class _Evaluation:
     by_horizon: list[int]
     bounds_horizon: list[int]
     stale: bool
+    # When the first counted site's data passes the staleness bound.
+    fresh_until_ms: int
 
 
 _NO_BALANCES: dict[str, SiteBalance] = {}
@@ -743,10 +763,13 @@ def _evaluate(
     stale = False
     stale_terms: list[Explanation] = []
     stale_before_ms = now_ms - scope.stale_after_ms
+    oldest_ms = now_ms
     view_sites = scope.view.sites
     for position, free in enumerate(hub_free):
         if free:
             state = view_sites.get(site_ids[position])
+            if state is not None and 0 < state.last_applied_ms < oldest_ms:
+                oldest_ms = state.last_applied_ms
             if (
                 state is None
                 or state.last_applied_ms <= 0
@@ -821,6 +844,7 @@ def _evaluate(
         by_horizon,
         bounds_horizon,
         stale,
+        oldest_ms + scope.stale_after_ms + 1,
     )
 
 
@@ -954,25 +978,46 @@ def usage_rules(catalog: Catalog, sku: str, site_id: str, demand: Demand) -> lis
     ]
 
 
-def check(
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    """A validated availability check: every line's item known, quantities in base units."""
+
+    lines: tuple[tuple[LineQuery, HubItem, int], ...]
+    demand: Demand
+    horizon_days: int
+    bucket_days: int
+    include_substitutes: bool
+    stale_after_ms: int
+    sourcing_max: int
+
+    def key(self, index: int) -> tuple[object, ...]:
+        """What line `index`'s answer depends on besides the data (`inputs`) and the clock."""
+        _query, item, requested = self.lines[index]
+        return (
+            item.sku,
+            requested,
+            self.demand,
+            self.horizon_days,
+            self.bucket_days,
+            self.include_substitutes,
+            self.stale_after_ms,
+            self.sourcing_max,
+        )
+
+
+def validate(
     catalog: Catalog,
     view: HubView,
     queries: Sequence[LineQuery],
     demand: Demand,
-    now_ms: int,
     *,
     horizon_days: int = HORIZON_DAYS_DEFAULT,
     bucket_days: int = BUCKET_DAYS_DEFAULT,
     include_substitutes: bool = False,
     stale_after_ms: int = STALE_AFTER_MS_DEFAULT,
     sourcing_max: int = SOURCING_OPTIONS_MAX,
-) -> list[LineAnswer]:
-    """Available-to-promise for every line, in request order.
-
-    Every line is validated before any is answered, and one error names every
-    bad field. Lines are answered independently (two lines of one SKU each
-    see all of it): ATP reads, `Promise` consumes. At most `sourcing_max`
-    sourcing options per line, best first.
+) -> CheckRequest:
+    """Checks every line before any is answered; one error names every bad field.
 
     Raises:
         InvalidArgument: bad lines, horizon or bucket width (field paths such as
@@ -1000,23 +1045,106 @@ def check(
     if not 0 < bucket_days <= horizon_days:
         violations.add("bucket_days", f"must be between 0 and the horizon ({horizon_days} days)")
     unknown: list[tuple[str, str]] = []
-    lines: list[tuple[LineQuery, HubItem | None, int]] = []
+    lines: list[tuple[LineQuery, HubItem, int]] = []
     for index, query in enumerate(queries[: limits.LINES_PER_REQUEST_MAX]):
         item, base = _convert(catalog, view, query, f"lines[{index}]", violations, unknown)
-        lines.append((query, item, base))
+        if item is not None:
+            lines.append((query, item, base))
     violations.raise_if_any()
     if unknown:
         raise _unknown_sku(*unknown[0])
+    return CheckRequest(
+        tuple(lines),
+        demand,
+        horizon_days,
+        bucket_days,
+        include_substitutes,
+        stale_after_ms,
+        sourcing_max,
+    )
 
-    scope = _Scope.build(catalog, view, demand, now_ms, stale_after_ms)
-    window = _Window.build(now_ms, horizon_days, bucket_days)
-    answers: list[LineAnswer] = []
-    for query, item, requested in lines:
-        assert item is not None
-        answers.append(
-            _answer(scope, window, query, item, requested, include_substitutes, sourcing_max)
+
+class Answerer:
+    """Answers a validated request's lines against one state of the view and
+    catalogue at one instant (build a new one after either changes)."""
+
+    __slots__ = ("_request", "_scope", "_window")
+
+    def __init__(self, catalog: Catalog, view: HubView, request: CheckRequest, now_ms: int):
+        self._request = request
+        self._scope = _Scope.build(catalog, view, request.demand, now_ms, request.stale_after_ms)
+        self._window = _Window.build(now_ms, request.horizon_days, request.bucket_days)
+
+    def answer(self, index: int) -> LineAnswer:
+        request = self._request
+        query, item, requested = request.lines[index]
+        return _answer(
+            self._scope,
+            self._window,
+            query,
+            item,
+            requested,
+            request.include_substitutes,
+            request.sourcing_max,
         )
-    return answers
+
+
+def inputs(
+    catalog: Catalog, view: HubView, request: CheckRequest, index: int
+) -> tuple[object, ...]:
+    """Everything line `index`'s answer is computed from besides `CheckRequest.key`
+    and the clock: while these are equal and the answer's `valid_until_ms` has
+    not passed, recomputing it gives the same answer, so it may be reused.
+
+    The catalogue counts as one value (its generation); of the view, the
+    balance fields ATP reads at every site holding the SKU (and its
+    substitutes, when they are asked for), and the number of sites (sites
+    serve when no pool is defined). Site freshness is in `valid_until_ms`.
+    """
+    item = request.lines[index][1]
+    skus = [item.sku]
+    if request.include_substitutes:
+        skus += [substitute.sku for substitute in item.substitutes]
+    by_sku = view.by_sku
+    found: list[object] = [catalog.generation, len(view.sites)]
+    for sku in skus:
+        balances = by_sku.get(sku)
+        found.append(None if balances is None else tuple(map(_ATP_FIELDS, balances.values())))
+    return tuple(found)
+
+
+def check(
+    catalog: Catalog,
+    view: HubView,
+    queries: Sequence[LineQuery],
+    demand: Demand,
+    now_ms: int,
+    *,
+    horizon_days: int = HORIZON_DAYS_DEFAULT,
+    bucket_days: int = BUCKET_DAYS_DEFAULT,
+    include_substitutes: bool = False,
+    stale_after_ms: int = STALE_AFTER_MS_DEFAULT,
+    sourcing_max: int = SOURCING_OPTIONS_MAX,
+) -> list[LineAnswer]:
+    """Available-to-promise for every line, in request order.
+
+    Lines are answered independently (two lines of one SKU each see all of
+    it): ATP reads, `Promise` consumes. At most `sourcing_max` sourcing
+    options per line, best first. Raises what `validate` raises.
+    """
+    request = validate(
+        catalog,
+        view,
+        queries,
+        demand,
+        horizon_days=horizon_days,
+        bucket_days=bucket_days,
+        include_substitutes=include_substitutes,
+        stale_after_ms=stale_after_ms,
+        sourcing_max=sourcing_max,
+    )
+    answerer = Answerer(catalog, view, request, now_ms)
+    return [answerer.answer(index) for index in range(len(request.lines))]
 
 
 def _answer(
@@ -1049,12 +1177,16 @@ def _answer(
 
     sourcing = _sourcing(scope, item, evaluation, requested, sourcing_max)
 
+    now_ms = scope.now_ms
+    valid_until_ms = min(now_ms - now_ms % MINUTE_MS + MINUTE_MS, evaluation.fresh_until_ms)
     substitutes: tuple[tuple[str, int, int], ...] = ()
     if include_substitutes and item.substitutes:
         found = []
         for substitute in item.substitutes:
             other = scope.catalog.items.get(substitute.sku) or HubItem(substitute.sku)
-            other_now = other.round_down(_evaluate(scope, substitute.sku, None, None).total_now)
+            other_evaluation = _evaluate(scope, substitute.sku, None, None)
+            valid_until_ms = min(valid_until_ms, other_evaluation.fresh_until_ms)
+            other_now = other.round_down(other_evaluation.total_now)
             found.append((substitute.sku, other_now, substitute.covers(other_now)))
         substitutes = tuple(found)
 
@@ -1068,6 +1200,7 @@ def _answer(
         tuple(explanations),
         substitutes,
         evaluation.stale,
+        0 if evaluation.stale else valid_until_ms,
     )
 
 

@@ -16,11 +16,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from hub.adapters import promise_store, sqlite_store
 from hub.domain import atp
+from hub.domain.answer_cache import AnswerCache, answer_lines
 from hub.domain.catalog import Catalog, Demand
 from hub.domain.incoming import ChecksumIn, EventsIn, Incoming, QuotaRequestIn, Rejected
 from hub.domain.promises import Decision, Promise, PromiseBook, PromiseRequestLine
@@ -29,6 +31,7 @@ from server.domain.errors import Overloaded, RequestIdReused, StockdError, Stora
 from server.storage.sqlite import SqliteWorker, lookup_requests
 
 log = structlog.get_logger("stockd.hub.engine")
+T = TypeVar("T")
 
 REPLAY_REQUEST_INTERVAL_MS = 10_000
 WRITES_PER_BATCH_MAX = 256
@@ -204,9 +207,7 @@ class HubEngine:
         for key in list(self.view.dirty_balances):
             covered = self.view.cover_overbooking(*key)
             if covered:
-                log.warning(
-                    "overbooking_reconciled", site_id=key[0], sku=key[1], quantity=covered
-                )
+                log.warning("overbooking_reconciled", site_id=key[0], sku=key[1], quantity=covered)
             balance = self.view.balances.get(key)
             if balance is not None and balance.hub_reserved > balance.hub_share:
                 moved = self.book.resolve_conflicts(self.catalog, self.view, *key, now_ms)
@@ -365,16 +366,51 @@ class HubEngine:
         include_substitutes: bool = False,
     ) -> list[atp.LineAnswer]:
         """ATP from memory: synchronous, so it sees one consistent view."""
-        return atp.check(
+        request = self.validate(
+            queries,
+            demand,
+            horizon_days=horizon_days,
+            bucket_days=bucket_days,
+            include_substitutes=include_substitutes,
+        )
+        answerer = self.answerer(request)
+        return [answerer.answer(index) for index in range(len(request.lines))]
+
+    def validate(
+        self,
+        queries: Sequence[atp.LineQuery],
+        demand: Demand,
+        *,
+        horizon_days: int = 14,
+        bucket_days: int = 1,
+        include_substitutes: bool = False,
+    ) -> atp.CheckRequest:
+        return atp.validate(
             self.catalog,
             self.view,
             queries,
             demand,
-            self.clock(),
             horizon_days=horizon_days,
             bucket_days=bucket_days,
             include_substitutes=include_substitutes,
             stale_after_ms=self.stale_after_ms,
+        )
+
+    def answerer(self, request: atp.CheckRequest) -> atp.Answerer:
+        """Answers lines against the view as it is now (build a new one after an await)."""
+        return atp.Answerer(self.catalog, self.view, request, self.clock())
+
+    def answer_lines(
+        self,
+        request: atp.CheckRequest,
+        cache: AnswerCache[T],
+        render: Callable[[atp.LineAnswer], T],
+        start: int,
+        stop: int,
+    ) -> list[T]:
+        """Lines [start, stop) against the view as it is now, reusing `cache`."""
+        return answer_lines(
+            self.catalog, self.view, request, self.clock(), cache, render, start, stop
         )
 
     async def promise(
@@ -438,6 +474,7 @@ class HubEngine:
 
         def action() -> bytes:
             rows, response = change(self.catalog)
+            self.catalog.changed()
             self._catalog_rows.extend(rows)
             if self.book.backorders:
                 self.book.fill_backorders(self.catalog, self.view, self.clock())
