@@ -40,7 +40,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
 
 from hub.domain.catalog import (
     DAY_MS,
@@ -65,17 +64,6 @@ STALE_AFTER_MS_DEFAULT = 60_000
 # Sourcing options per line: the best few; the line total counts every site.
 SOURCING_OPTIONS_MAX = 10
 MINUTE_MS = 60_000
-# The balance fields an answer reads (see `inputs`).
-_ATP_FIELDS = attrgetter(
-    "site_id",
-    "sellable",
-    "local_share",
-    "hub_share",
-    "hub_reserved",
-    "in_flight",
-    "reserved_soft",
-    "reserved_hard",
-)
 
 _SUPPLY_KINDS = {
     SupplyType.IN_TRANSIT: ExplanationKind.IN_TRANSIT,
@@ -162,37 +150,38 @@ def _convert(
     violations: Violations,
     unknown: list[tuple[str, str]],
 ) -> tuple[HubItem | None, int]:
-    """Records violations (and an unknown SKU) instead of raising."""
-    sku_path = _field(path, "sku")
-    quantity_path = _field(path, "quantity")
-    unit_path = _field(path, "unit")
+    """Records violations (and an unknown SKU) instead of raising.
+
+    Field paths are built only for a violation: this runs for every line."""
     if len(query.line_id) > limits.ID_LENGTH_MAX:
         violations.add(_field(path, "line_id"), f"longer than {limits.ID_LENGTH_MAX} characters")
     item: HubItem | None = None
     if not query.sku:
-        violations.add(sku_path, "is required")
+        violations.add(_field(path, "sku"), "is required")
     elif len(query.sku) > limits.ID_LENGTH_MAX:
-        violations.add(sku_path, f"longer than {limits.ID_LENGTH_MAX} characters")
+        violations.add(_field(path, "sku"), f"longer than {limits.ID_LENGTH_MAX} characters")
     else:
         item = catalog.items.get(query.sku)
         if item is None and query.sku in view.by_sku:
             item = HubItem(query.sku)
         if item is None:
-            unknown.append((sku_path, query.sku))
+            unknown.append((_field(path, "sku"), query.sku))
     quantity_ok = True
     if query.quantity <= 0:
-        violations.add(quantity_path, "must be at least 1", "ERROR_REASON_INVALID_QUANTITY")
+        violations.add(
+            _field(path, "quantity"), "must be at least 1", "ERROR_REASON_INVALID_QUANTITY"
+        )
         quantity_ok = False
     elif query.quantity > limits.QUANTITY_MAX:
         violations.add(
-            quantity_path,
+            _field(path, "quantity"),
             f"above the limit of {limits.QUANTITY_MAX}",
             "ERROR_REASON_INVALID_QUANTITY",
         )
         quantity_ok = False
     if len(query.unit) > limits.UNIT_LENGTH_MAX:
         violations.add(
-            unit_path,
+            _field(path, "unit"),
             f"longer than {limits.UNIT_LENGTH_MAX} characters",
             "ERROR_REASON_UNKNOWN_UNIT",
         )
@@ -202,7 +191,7 @@ def _convert(
     factor = item.base_units_per(query.unit)
     if factor is None:
         violations.add(
-            unit_path,
+            _field(path, "unit"),
             f"unit {query.unit!r} is not defined for SKU {item.sku!r}",
             "ERROR_REASON_UNKNOWN_UNIT",
         )
@@ -212,7 +201,7 @@ def _convert(
     base = query.quantity * factor
     if base > limits.QUANTITY_MAX:
         violations.add(
-            quantity_path,
+            _field(path, "quantity"),
             f"{base} base units is above the limit of {limits.QUANTITY_MAX}",
             "ERROR_REASON_INVALID_QUANTITY",
         )
@@ -1096,21 +1085,23 @@ def inputs(
     and the clock: while these are equal and the answer's `valid_until_ms` has
     not passed, recomputing it gives the same answer, so it may be reused.
 
-    The catalogue counts as one value (its generation); of the view, the
-    balance fields ATP reads at every site holding the SKU (and its
-    substitutes, when they are asked for), and the number of sites (sites
-    serve when no pool is defined). Site freshness is in `valid_until_ms`.
+    The catalogue counts as one value (its generation); the view as its epoch,
+    its number of sites (sites serve when no pool is defined) and the version
+    of the SKU (and of its substitutes, when they are asked for), which moves
+    whenever one of the SKU's balances is handed out for change. Site
+    freshness is in `valid_until_ms`.
     """
     item = request.lines[index][1]
-    skus = [item.sku]
-    if request.include_substitutes:
-        skus += [substitute.sku for substitute in item.substitutes]
-    by_sku = view.by_sku
-    found: list[object] = [catalog.generation, len(view.sites)]
-    for sku in skus:
-        balances = by_sku.get(sku)
-        found.append(None if balances is None else tuple(map(_ATP_FIELDS, balances.values())))
-    return tuple(found)
+    versions = view.sku_versions
+    if request.include_substitutes and item.substitutes:
+        return (
+            catalog.generation,
+            view.epoch,
+            len(view.sites),
+            versions.get(item.sku, 0),
+            *(versions.get(substitute.sku, 0) for substitute in item.substitutes),
+        )
+    return (catalog.generation, view.epoch, len(view.sites), versions.get(item.sku, 0))
 
 
 def check(

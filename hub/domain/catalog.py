@@ -10,6 +10,7 @@ SKUs it is about (never a scan of the catalogue).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -174,6 +175,9 @@ class Demand:
     priority: int = 0
 
 
+_GENERATIONS = itertools.count(1)
+
+
 @dataclass(slots=True)
 class Catalog:
     items: dict[str, HubItem] = field(default_factory=dict)
@@ -188,12 +192,13 @@ class Catalog:
     # Indexes, maintained by the upsert methods.
     supplies_by_sku: dict[str, dict[str, Supply]] = field(default_factory=dict)
     rules_by_sku: dict[str, dict[str, Rule]] = field(default_factory=dict)
-    # Bumped by every change (ATP answers computed before it are not reused).
-    generation: int = 0
+    # Renewed by every change (ATP answers computed before it are not reused);
+    # drawn from one counter, so a reloaded catalogue never repeats a value.
+    generation: int = field(default_factory=lambda: next(_GENERATIONS))
 
     def changed(self) -> None:
         """Call after changing any field directly (the upsert methods call it)."""
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
 
     def priority(self, channel: str, customer_tier: str) -> int:
         return self.channel_priorities.get(channel, 0) + self.tier_priorities.get(customer_tier, 0)
@@ -202,7 +207,7 @@ class Catalog:
         return Demand(channel, customer_tier, pool_id, self.priority(channel, customer_tier))
 
     def upsert_supply(self, supply: Supply) -> None:
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
         old = self.supplies.pop(supply.supply_id, None)
         if old is not None:
             self.supplies_by_sku.get(old.sku, {}).pop(old.supply_id, None)
@@ -211,7 +216,7 @@ class Catalog:
             self.supplies_by_sku.setdefault(supply.sku, {})[supply.supply_id] = supply
 
     def upsert_rule(self, rule: Rule) -> None:
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
         old = self.rules.pop(rule.rule_id, None)
         if old is not None:
             self.rules_by_sku.get(old.sku, {}).pop(old.rule_id, None)
@@ -245,6 +250,6 @@ class Catalog:
         return self.usage.get((rule.rule_id, rule.period_start_ms(now_ms)), 0)
 
     def record_usage(self, rule: Rule, now_ms: int, quantity: int) -> None:
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
         key = (rule.rule_id, rule.period_start_ms(now_ms))
         self.usage[key] = max(0, self.usage.get(key, 0) + quantity)

@@ -15,6 +15,7 @@ and past that recorded as `shortfall` for conflict resolution.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -90,6 +91,9 @@ class Command:
     promise_id: str = ""
 
 
+_VERSIONS = itertools.count(1)
+
+
 @dataclass(slots=True)
 class HubView:
     sites: dict[str, SiteState] = field(default_factory=dict)
@@ -105,6 +109,11 @@ class HubView:
     settled_grants: set[tuple[str, int]] = field(default_factory=set)
     # (site, sku, promise_id, quantity) picked since the last drain, for the promise book.
     hub_picks: list[tuple[str, str, str, int]] = field(default_factory=list)
+    # sku -> when one of its balances was last handed out for change (see
+    # `balance`); with `epoch`, what ATP answers are reused by. Values come
+    # from one counter, so a reloaded view never repeats one.
+    sku_versions: dict[str, int] = field(default_factory=dict)
+    epoch: int = field(default_factory=lambda: next(_VERSIONS))
 
     def site(self, site_id: str) -> SiteState:
         state = self.sites.get(site_id)
@@ -114,14 +123,21 @@ class HubView:
         return state
 
     def balance(self, site_id: str, sku: str) -> SiteBalance:
+        """The balance, for changing: it is marked to be persisted and its SKU's
+        version moves (every change of a balance goes through here or `_touch`;
+        synchronously, so no reader sees the new version before the change)."""
         key = (site_id, sku)
         found = self.balances.get(key)
         if found is None:
             found = self.balances[key] = SiteBalance(site_id, sku)
             self.by_sku.setdefault(sku, {})[site_id] = found
             self.by_site.setdefault(site_id, {})[sku] = found
-        self.dirty_balances.add(key)
+        self._touch(key)
         return found
+
+    def _touch(self, key: tuple[str, str]) -> None:
+        self.dirty_balances.add(key)
+        self.sku_versions[key[1]] = next(_VERSIONS)
 
     def index(self) -> None:
         """Rebuilds the indexes after balances were loaded in bulk."""
@@ -213,9 +229,7 @@ class HubView:
                 # Rule 5: picking a hub promise lowers the hub's share with it.
                 balance.hub_share = max(0, balance.hub_share - event.quantity)
                 balance.hub_reserved = max(0, balance.hub_reserved - event.quantity)
-                self.hub_picks.append(
-                    (site_id, event.sku, event.hub_promise_id, event.quantity)
-                )
+                self.hub_picks.append((site_id, event.sku, event.hub_promise_id, event.quantity))
         elif kind is EventType.QUOTA_GRANTED:
             if event.reference.startswith("cmd:"):
                 key = (site_id, int(event.reference[4:]))
@@ -223,9 +237,7 @@ class HubView:
                 if grant is not None:
                     balance.in_flight -= grant[1]
                     self.settled_grants.add(key)
-        elif (
-            kind is EventType.QUOTA_RETURNED and event.reason != "shares_adopted" and hub_effects
-        ):
+        elif kind is EventType.QUOTA_RETURNED and event.reason != "shares_adopted" and hub_effects:
             balance.hub_share += event.quantity
 
     @staticmethod
@@ -297,7 +309,7 @@ class HubView:
             balance.reserved_soft = balance.reserved_hard = balance.local_share = 0
             balance.reserved_hub = 0
             balance.as_of_sequence = 0
-            self.dirty_balances.add((site_id, sku))
+            self._touch((site_id, sku))
         state.replay_until = max(state.replay_until, state.applied_sequence)
         state.applied_sequence = 0
         state.repairing = True

@@ -45,6 +45,9 @@ from typing import Final
 from edge_agent.adapters.nats_sync import balance_digest
 from edge_agent.domain import commands as c
 from edge_agent.domain.ledger import Decision, EdgeLedger, replay
+from hub.domain import atp
+from hub.domain.answer_cache import AnswerCache, answer_lines
+from hub.domain.catalog import Catalog, Demand, HubItem
 from hub.domain.view import Command, HubView
 from server.domain import limits
 from server.domain.errors import StockdError
@@ -316,6 +319,9 @@ class Simulation:
         self.now_ms = EPOCH_MS
         self.network = Network(self.rng, config)
         self.hub = HubView()
+        # ATP over the hub's view: answers reused across steps must stay exact.
+        self.catalog = Catalog(items={item.sku: HubItem(item.sku) for item in ITEMS})
+        self.answers: AnswerCache[atp.LineAnswer] = AnswerCache()
         self.hub_outbox: dict[str, list[Command]] = {}
         self.hub_acked_command: dict[str, int] = {}
         self.hub_resend_at_ms: dict[str, int] = {}
@@ -388,6 +394,7 @@ class Simulation:
         self._check_edges()
         if step % self.config.conservation_every_steps == 0:
             self._check_conservation()
+            self._check_atp_reuse()
 
     # -- faults
 
@@ -800,6 +807,26 @@ class Simulation:
                         f"{s}/{b.sku}: reserved {b.reserved} > sellable {b.sellable}"
                     ),
                 )
+
+    def _check_atp_reuse(self) -> None:
+        """A reused ATP answer equals a fresh one, whatever the hub applied since
+        (entries, repairs, grants, recalls change balances through the view's own
+        paths here)."""
+        known = [sku for sku in self.skus if sku in self.hub.by_sku]
+        if not known:
+            return
+        queries = [atp.LineQuery(sku, sku, 1) for sku in known]
+        request = atp.validate(self.catalog, self.hub, queries, Demand())
+        reused = answer_lines(
+            self.catalog, self.hub, request, self.now_ms, self.answers, lambda answer: answer
+        )
+        fresh = atp.check(self.catalog, self.hub, queries, Demand(), self.now_ms)
+        for old, new in zip(reused, fresh, strict=True):
+            self._check(
+                "atp_reuse_exact",
+                replace(old, valid_until_ms=0) == replace(new, valid_until_ms=0),
+                lambda old=old, new=new: f"reused {old} but a fresh answer is {new}",
+            )
 
     def _check_conservation(self) -> None:
         """No unit owned twice, with the hub's knowledge brought up to date on paper."""

@@ -76,8 +76,9 @@ def _apply(network: Network, step: tuple[object, ...], index: int) -> None:
         assert isinstance(position, int)
         assert isinstance(name, str)
         if view.balances:
-            keys = sorted(view.balances)
-            setattr(view.balances[keys[position % len(keys)]], name, value)
+            # Through `balance`, as every change of the hub's own code goes.
+            site_id, sku = sorted(view.balances)[position % len(view.balances)]
+            setattr(view.balance(site_id, sku), name, value)
     elif kind == "heard":
         assert isinstance(step[1], str)
         view.site(step[1]).last_applied_ms = network.now_ms
