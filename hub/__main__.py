@@ -62,6 +62,10 @@ async def serve(config: hub_settings.HubSettings, stop: asyncio.Event) -> None:
         log.info("server_stopping")
         atp_servicer.close_streams()
         await server.stop()
+        answers = atp_servicer.answers
+        log.info(
+            "atp_answer_cache", hits=answers.hits, misses=answers.misses, entries=len(answers)
+        )
     finally:
         expiry.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -41,6 +41,7 @@ import asyncio
 import atexit
 import contextlib
 import itertools
+import json
 import os
 import random
 import shutil
@@ -370,6 +371,9 @@ class HubProcess:
     cold_start_seconds: float
     rss_mb: float
     rss_peak_mb: float
+    # ATP answer reuse over the hub's life ("hits", "misses"), read from its
+    # log once it has stopped.
+    answer_cache: dict[str, int] = field(default_factory=dict)
 
     def params(self) -> dict[str, ParamValue]:
         return {
@@ -481,6 +485,7 @@ async def hub_process(
                     start_new_session=True,
                     cwd=_REPOSITORY_ROOT,
                 )
+            hub: HubProcess | None = None
             try:
                 port = await _wait_for_port(process, argv, port_file, log_path)
                 port_seconds = time.perf_counter() - started
@@ -502,6 +507,29 @@ async def hub_process(
                     yield hub
             finally:
                 await stop_process(process)
+                if hub is not None:
+                    hub.answer_cache.update(read_answer_cache(log_path))
+
+
+def read_answer_cache(log_path: Path) -> dict[str, int]:
+    """The hub's answer-cache counters from the line it logs when it stops ({} if absent)."""
+    with contextlib.suppress(OSError):
+        for line in reversed(log_path.read_text(errors="replace").splitlines()):
+            if '"atp_answer_cache"' in line:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    data = json.loads(line)
+                    return {"hits": int(data["hits"]), "misses": int(data["misses"])}
+    return {}
+
+
+def with_answer_cache(runs: list[Run], hub: HubProcess) -> list[Run]:
+    """Adds the share of lines answered by reuse (over the hub's whole life in
+    the case: warm-up and every level) to each run's params."""
+    hits, misses = hub.answer_cache.get("hits", 0), hub.answer_cache.get("misses", 0)
+    if hits + misses:
+        for run in runs:
+            run["params"]["answer_reuse_ratio"] = round(hits / (hits + misses), 3)
+    return runs
 
 
 # ----- requests and load -----------------------------------------------------------------

@@ -67,6 +67,7 @@ async def run(context: CaseContext) -> list[Run]:
         fixture.hub_process(context, seeded, CASE_NAME) as hub,
     ):
         runs = await measure_single_line(context, hub, seeded)
+    runs = fixture.with_answer_cache(runs, hub)
     baselines = await echo_baselines(context)
     return [
         with_baseline(

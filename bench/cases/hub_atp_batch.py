@@ -58,6 +58,7 @@ async def run(context: CaseContext) -> list[Run]:
             },
             operations_per_call=LINES_PER_REQUEST,
         )
+    runs = fixture.with_answer_cache(runs, hub)
     return [
         with_baseline(
             measured, hub_atp.CASE_NAME, baselines[int(measured["params"]["concurrency"])]

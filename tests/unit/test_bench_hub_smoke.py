@@ -101,6 +101,9 @@ def test_harness_writes_results_for_the_hub_cases(tmp_path: Path) -> None:
     for run in results["hub_atp"]:
         assert run["params"]["lines_per_request"] == 1
         _assert_baseline(run, "grpc_echo", results["grpc_echo"])
+    for run in results["hub_atp"] + results["hub_atp_batch"]:
+        # Read from the hub's log after it stopped: it answered by reuse some of the time.
+        assert 0 < run["params"]["answer_reuse_ratio"] < 1
     for run in results["hub_atp_batch"]:
         assert run["params"]["lines_per_request"] == 20
         _assert_baseline(run, "hub_atp", results["hub_atp"])
