@@ -575,3 +575,54 @@ async def test_quota_request_never_takes_promised_share(
         assert (balance.hub_share, balance.local_share) == (12, 18), balance
         assert await net.decisions(promise.promise_id) == []
         assert allocations(await net.get_promise(promise.promise_id)) == {"S1": 12}
+
+
+# ----- answer reuse never serves an outdated answer ----------------------------------
+
+
+async def test_atp_follows_every_change_though_answers_are_reused(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The hub reuses ATP answers (hub/domain/answer_cache.py); each kind of change
+    below reaches the next answer at once: a promise, a shrink synced from an
+    edge, a catalogue change and a release."""
+    async with hub_network(tmp_path, nats_server.url, SITES) as net:
+        await net.setup_catalog([SKU])
+        await net.stock("S1", SKU, received=40, recalled=30)
+
+        async def available() -> int:
+            return (await net.check(SKU, 1)).lines[0].available_now
+
+        assert [await available() for _ in range(3)] == [30, 30, 30]
+
+        # A promise held at the hub: the very next answer counts it.
+        promise = await net.promise(SKU, 5)
+        assert await available() == 25
+
+        # Shrink at the edge beyond its free local share (10): the hub's share
+        # takes the rest (30 -> 26) once the entry is applied.
+        balance = await net.balance("S1", SKU)
+        await net.edge("S1").client.record_count(SKU, 26, reason="cycle count")
+        await net.wait_for_balance(
+            "S1", SKU, lambda b: b.as_of_sequence > balance.as_of_sequence, "count synced"
+        )
+        assert await available() == 26 - 5
+
+        # A catalogue change: a safety stock of 6 at S1 (nothing kept outside the shares).
+        await net.admin.UpsertRule(
+            atp_pb2.UpsertRuleRequest(
+                request_id=new_id(),
+                rule=atp_pb2.Rule(
+                    rule_id="safety-S1",
+                    type=atp_pb2.RULE_TYPE_SAFETY_STOCK,
+                    sku=SKU,
+                    site_id="S1",
+                    quantity=6,
+                ),
+            ),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+        assert await available() == 26 - 5 - 6
+
+        await net.release(promise.promise_id)
+        assert await available() == 26 - 6
