@@ -360,6 +360,7 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
     async def ListDecisions(
         self, request: atp_pb2.ListDecisionsRequest, call: Call
     ) -> atp_pb2.ListDecisionsResponse:
+        _check_after_decision_id(request.after_decision_id)
         size = paging.page_size(request.page_size)
         decisions = await self.engine.list_decisions(
             request.promise_id, request.after_decision_id, size
@@ -373,6 +374,7 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
     ) -> AsyncIterator[atp_pb2.WatchDecisionsResponse]:
         try:
             self.auth.principal(context.invocation_metadata())
+            _check_after_decision_id(request.after_decision_id)
         except StockdError as error:
             await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
             return
@@ -394,6 +396,14 @@ class AtpServicer(atp_pb2_grpc.HubAtpServiceServicer):
                 yield atp_pb2.WatchDecisionsResponse(decision=decision_to_proto(decision))
         finally:
             self._watchers.discard(queue)
+
+
+def _check_after_decision_id(after: int) -> None:
+    """Decision ids are SQLite integers: a uint64 past int64 would overflow there."""
+    if after > paging.INT64_MAX:
+        violations = Violations()
+        violations.add("after_decision_id", f"above the limit of {paging.INT64_MAX}")
+        violations.raise_if_any()
 
 
 def _units(units: Any) -> tuple[tuple[str, int], ...]:

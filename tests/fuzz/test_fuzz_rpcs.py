@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import string
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +173,19 @@ def size(request: object) -> int:
 
 def check_answer(rpc: str, call: Callable[[], object], stub: Any, request: object) -> None:
     """One call: OK or a proper stockd error; errors and reads change nothing."""
-    before = state(stub)
+    check_call(rpc, call, request, lambda: state(stub), mutating=rpc in MUTATING_RPCS)
+
+
+def check_call(
+    rpc: str,
+    call: Callable[[], object],
+    request: object,
+    snapshot: Callable[[], tuple[bytes, ...]],
+    *,
+    mutating: bool,
+) -> None:
+    """OK or a proper stockd error; an error (or any read) leaves `snapshot()` as it was."""
+    before = snapshot()
     try:
         call()
     except grpc.RpcError as error:
@@ -187,10 +199,10 @@ def check_answer(rpc: str, call: Callable[[], object], stub: Any, request: objec
             assert len(infos) == 1, f"{rpc} {code}: {len(infos)} ErrorInfo\nrequest: {request!r}"
             assert infos[0].domain == "stockd", infos[0]
             assert infos[0].reason in REASONS, infos[0]
-        assert state(stub) == before, f"{rpc} refused ({code}) yet changed state: {request!r}"
+        assert snapshot() == before, f"{rpc} refused ({code}) yet changed state: {request!r}"
         return
-    if rpc not in MUTATING_RPCS:
-        assert state(stub) == before, f"read {rpc} changed state: {request!r}"
+    if not mutating:
+        assert snapshot() == before, f"read {rpc} changed state: {request!r}"
 
 
 # ----- strategies from descriptors --------------------------------------------------------
@@ -239,27 +251,35 @@ def known_strings(field: FieldDescriptor, prepared: Prepared) -> list[str]:
     return ["A"]
 
 
-def string_field(field: FieldDescriptor, prepared: Prepared) -> st.SearchStrategy[str]:
+# Names that exist in the server under test, for a string field.
+KnownStrings = Callable[[FieldDescriptor], list[str]]
+
+
+def edge_known(prepared: Prepared) -> KnownStrings:
+    return lambda field: known_strings(field, prepared)
+
+
+def string_field(field: FieldDescriptor, known: KnownStrings) -> st.SearchStrategy[str]:
     if field.name == "request_id":
         return st.one_of(
             st.uuids().map(lambda value: value.hex), st.sampled_from(ODD_STRINGS)
         )
     return st.one_of(
-        st.sampled_from(known_strings(field, prepared)),
+        st.sampled_from(known(field)),
         st.sampled_from(ODD_STRINGS),
         st.text(max_size=70),
         st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=12),
     )
 
 
-def scalar(field: FieldDescriptor, prepared: Prepared) -> st.SearchStrategy[Any]:
+def scalar(field: FieldDescriptor, known: KnownStrings) -> st.SearchStrategy[Any]:
     kind = field.type
     if kind in INTEGER_RANGES:
         return integers(*INTEGER_RANGES[kind])
     if kind == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if kind == FieldDescriptor.TYPE_STRING:
-        return string_field(field, prepared)
+        return string_field(field, known)
     if kind == FieldDescriptor.TYPE_BYTES:
         return st.binary(max_size=40)
     if kind == FieldDescriptor.TYPE_ENUM:
@@ -272,8 +292,12 @@ def scalar(field: FieldDescriptor, prepared: Prepared) -> st.SearchStrategy[Any]
 
 
 def message(
-    descriptor: Descriptor, prepared: Prepared, depth: int = 0
+    descriptor: Descriptor,
+    known: KnownStrings,
+    depth: int = 0,
+    overrides: Mapping[str, st.SearchStrategy[Any]] | None = None,
 ) -> st.SearchStrategy[Message]:
+    """Requests of a type; `overrides` replaces the strategy of fields by name."""
     cls = message_factory.GetMessageClass(descriptor)
     if descriptor.full_name == "google.protobuf.Timestamp":
         # Mostly valid times, sometimes outside Timestamp's range (years 1 to 9999).
@@ -287,12 +311,14 @@ def message(
         )
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
-        if field.message_type is not None:
+        if overrides and field.name in overrides:
+            element: st.SearchStrategy[Any] = overrides[field.name]
+        elif field.message_type is not None:
             if depth >= 2:
                 continue
-            element: st.SearchStrategy[Any] = message(field.message_type, prepared, depth + 1)
+            element = message(field.message_type, known, depth + 1, overrides)
         else:
-            element = scalar(field, prepared)
+            element = scalar(field, known)
         if field.is_repeated:
             fields[field.name] = st.one_of(
                 st.lists(element, max_size=4),
@@ -342,7 +368,7 @@ def fuzz_unary(agent: Agent, prepared: Prepared, rpc: str, examples: int) -> Non
         method = getattr(stub, rpc)
 
         @fuzz_settings(examples)
-        @given(message(request_type, prepared))
+        @given(message(request_type, edge_known(prepared)))
         def property_holds(request: Message) -> None:
             check_answer(
                 rpc, lambda: method(request, timeout=CALL_TIMEOUT_SECONDS), stub, request
@@ -389,7 +415,7 @@ def fuzz_watch(agent: Agent, prepared: Prepared, examples: int) -> None:
     with blocking_stub(agent) as (_channel, stub):
 
         @fuzz_settings(examples)
-        @given(message(request_type, prepared))
+        @given(message(request_type, edge_known(prepared)))
         def property_holds(request: Message) -> None:
             before = state(stub)
             stream = stub.WatchAvailability(request, timeout=WATCH_TIMEOUT_SECONDS)
