@@ -32,7 +32,8 @@ checked not to be stale before anything is measured.
 
 Catalogue size comes from ``STOCKD_BENCH_HUB_SKUS`` and
 ``STOCKD_BENCH_HUB_SITES`` (defaults 100,000 and 50), so a smoke test can use
-a tiny one.
+a tiny one. ``STOCKD_BENCH_HUB_CACHE_ENTRIES`` sets the hub's
+``[atp] cache_entries`` (0: no answer reuse, to measure the engine alone).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ from stockd.v1 import atp_pb2
 HUB_CASES = ("hub_atp", "hub_atp_batch", "hub_promise")
 
 SKUS_ENV = "STOCKD_BENCH_HUB_SKUS"
+CACHE_ENTRIES_ENV = "STOCKD_BENCH_HUB_CACHE_ENTRIES"
+CACHE_ENTRIES_LIMITS = (0, 10_000_000)
 SITES_ENV = "STOCKD_BENCH_HUB_SITES"
 SKUS_DEFAULT = 100_000
 SITES_DEFAULT = 50
@@ -132,6 +135,15 @@ class CatalogueSize:
             skus=_bounded_int(env, SKUS_ENV, SKUS_DEFAULT, SKUS_LIMITS),
             sites=_bounded_int(env, SITES_ENV, SITES_DEFAULT, SITES_LIMITS),
         )
+
+
+def answer_cache_entries(environ: Mapping[str, str] | None = None) -> int | None:
+    """``[atp] cache_entries`` for the hub from ``STOCKD_BENCH_HUB_CACHE_ENTRIES``
+    (0 measures the engine without answer reuse); None keeps the hub's default."""
+    env = os.environ if environ is None else environ
+    if CACHE_ENTRIES_ENV not in env:
+        return None
+    return _bounded_int(env, CACHE_ENTRIES_ENV, 0, CACHE_ENTRIES_LIMITS)
 
 
 def _bounded_int(env: Mapping[str, str], name: str, default: int, limits: tuple[int, int]) -> int:
@@ -274,8 +286,11 @@ def seed_database(directory: Path, size: CatalogueSize, now_ms: int) -> int:
         written += len(chunk)
     finally:
         connection.close()
+    cache_entries = answer_cache_entries()
     (directory / "hub.toml").write_text(
-        f"[atp]\nstale_after_ms = {STALE_AFTER_MS}\n", encoding="utf-8"
+        f"[atp]\nstale_after_ms = {STALE_AFTER_MS}\n"
+        + (f"cache_entries = {cache_entries}\n" if cache_entries is not None else ""),
+        encoding="utf-8",
     )
     return written
 
@@ -526,8 +541,11 @@ def with_answer_cache(runs: list[Run], hub: HubProcess) -> list[Run]:
     """Adds the share of lines answered by reuse (over the hub's whole life in
     the case: warm-up and every level) to each run's params."""
     hits, misses = hub.answer_cache.get("hits", 0), hub.answer_cache.get("misses", 0)
-    if hits + misses:
-        for run in runs:
+    entries = answer_cache_entries()
+    for run in runs:
+        if entries is not None:
+            run["params"]["answer_cache_entries"] = entries
+        if hits + misses:
             run["params"]["answer_reuse_ratio"] = round(hits / (hits + misses), 3)
     return runs
 

@@ -19,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from bench.cases._hub_fixture import SITES_ENV, SKUS_ENV
+from bench.cases._hub_fixture import (
+    CACHE_ENTRIES_ENV,
+    SITES_ENV,
+    SKUS_ENV,
+    answer_cache_entries,
+)
 from server.sync.nats_server import NatsServerError, find_nats_server_binary
 
 _REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +122,10 @@ def test_harness_writes_results_for_the_hub_cases(tmp_path: Path) -> None:
         assert params["sellout_promised"] == params["sellout_share"] > 0
     # Every process and scratch directory (the seeded database too) is gone.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_the_hub_answer_cache_size_comes_from_the_environment_or_stays_default() -> None:
+    assert answer_cache_entries({}) is None
+    assert answer_cache_entries({CACHE_ENTRIES_ENV: "0"}) == 0
+    with pytest.raises(ValueError, match=CACHE_ENTRIES_ENV):
+        answer_cache_entries({CACHE_ENTRIES_ENV: "-1"})
