@@ -22,6 +22,7 @@ from bench.config import (
     SERVER_STOP_TIMEOUT_SECONDS,
 )
 from bench.errors import ServerStartError
+from server.runtime.child_process import end_process
 
 _LOG_TAIL_BYTES = 4000
 _LOG_TAIL_LINES = 20
@@ -97,14 +98,10 @@ def _fresh_log(port_file: Path, log_path: Path) -> BinaryIO:
 
 async def stop_process(process: asyncio.subprocess.Process) -> None:
     """SIGTERM, then SIGKILL if the process has not exited in time; always waits."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=SERVER_STOP_TIMEOUT_SECONDS)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+    with contextlib.suppress(TimeoutError):
+        await end_process(
+            process, signal.SIGTERM, SERVER_STOP_TIMEOUT_SECONDS, SERVER_STOP_TIMEOUT_SECONDS
+        )
     await process.wait()
 
 

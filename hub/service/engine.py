@@ -356,26 +356,6 @@ class HubEngine:
 
     # ----- ATP and promises --------------------------------------------------------
 
-    def check(
-        self,
-        queries: Sequence[atp.LineQuery],
-        demand: Demand,
-        *,
-        horizon_days: int = 14,
-        bucket_days: int = 1,
-        include_substitutes: bool = False,
-    ) -> list[atp.LineAnswer]:
-        """ATP from memory: synchronous, so it sees one consistent view."""
-        request = self.validate(
-            queries,
-            demand,
-            horizon_days=horizon_days,
-            bucket_days=bucket_days,
-            include_substitutes=include_substitutes,
-        )
-        answerer = self.answerer(request)
-        return [answerer.answer(index) for index in range(len(request.lines))]
-
     def validate(
         self,
         queries: Sequence[atp.LineQuery],

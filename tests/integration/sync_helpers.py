@@ -31,6 +31,7 @@ from nats.aio.client import Client as NatsClient
 
 from clients.edge import EdgeClient
 from clients.errors import StockdError
+from server.runtime.child_process import end_process, log_tail
 from stockd.v1 import common_pb2, edge_pb2, edge_pb2_grpc, hub_pb2, hub_pb2_grpc
 
 if TYPE_CHECKING:
@@ -182,26 +183,15 @@ class ChildProcess:
         process = self._process
         try:
             await self._disconnected()
-            if process is not None and process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signum)
-                try:
-                    await asyncio.wait_for(process.wait(), grace_seconds)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    await asyncio.wait_for(process.wait(), KILL_TIMEOUT_SECONDS)
+            if process is not None:
+                await end_process(process, signum, grace_seconds, KILL_TIMEOUT_SECONDS)
         finally:
             if self._log is not None:
                 self._log.close()
                 self._log = None
 
     def log_tail(self) -> str:
-        try:
-            data = self.log_path.read_bytes()
-        except OSError:
-            return "<no log>"
-        return data[-LOG_TAIL_BYTES:].decode("utf-8", errors="replace")
+        return log_tail(self.log_path, LOG_TAIL_BYTES)
 
 
 class HubProcess(ChildProcess):
