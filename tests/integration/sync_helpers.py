@@ -371,6 +371,16 @@ class ProcessGroup:
         await process.start()
         return process
 
+    async def synced_site(
+        self, nats_url: str, site_id: str, skus: Sequence[str], receipt: Sequence[tuple[str, int]]
+    ) -> tuple[HubProcess, EdgeProcess, SyncReport]:
+        """A hub and one edge that has received `receipt`, once the hub's view equals it."""
+        hub = await self.hub(nats_url)
+        edge = await self.edge(site_id, nats_url)
+        await edge.setup_items(skus)
+        await edge.client.receive(list(receipt))
+        return hub, edge, await wait_in_sync(hub, edge, skus)
+
     async def __aenter__(self) -> Self:
         return self
 

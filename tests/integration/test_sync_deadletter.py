@@ -59,11 +59,7 @@ async def test_bad_messages_are_dead_lettered_and_the_hub_keeps_consuming(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with ProcessGroup(tmp_path) as group:
-        hub = await group.hub(nats_server.url)
-        edge = await group.edge(SITE, nats_server.url)
-        await edge.setup_items(SKUS)
-        await edge.client.receive([("A", 10)])
-        before = await wait_in_sync(hub, edge, SKUS)
+        hub, edge, before = await group.synced_site(nats_server.url, SITE, SKUS, [("A", 10)])
         assert before.site is not None
         mark = before.site.applied_sequence
         # Each would add 1000 units at the next sequences if the hub took it.

@@ -173,11 +173,9 @@ async def test_a_lost_tail_is_repaired_without_new_writes(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with ProcessGroup(tmp_path) as group:
-        hub = await group.hub(nats_server.url)
-        edge = await group.edge(SITE, nats_server.url)
-        await edge.setup_items(SKUS)
-        await edge.client.receive([(sku, INITIAL_RECEIPT) for sku in SKUS])
-        report = await wait_in_sync(hub, edge, SKUS)
+        hub, edge, report = await group.synced_site(
+            nats_server.url, SITE, SKUS, [(sku, INITIAL_RECEIPT) for sku in SKUS]
+        )
         assert report.site is not None
         before = report.site.applied_sequence
 

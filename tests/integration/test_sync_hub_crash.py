@@ -190,11 +190,7 @@ async def test_reported_applied_sequence_never_runs_ahead_of_the_durable_one(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with ProcessGroup(tmp_path) as group:
-        hub = await group.hub(nats_server.url)
-        edge = await group.edge(SITE, nats_server.url)
-        await edge.setup_items(SKUS)
-        await edge.client.receive([("A", 10)])
-        report = await wait_in_sync(hub, edge, SKUS)
+        hub, edge, report = await group.synced_site(nats_server.url, SITE, SKUS, [("A", 10)])
         assert report.site is not None
         durable = report.site.applied_sequence
 

@@ -97,11 +97,7 @@ async def test_sync_resumes_after_nats_returns_with_an_empty_store(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with ProcessGroup(tmp_path) as group:
-        hub = await group.hub(nats_server.url)
-        edge = await group.edge(SITE, nats_server.url)
-        await edge.setup_items(SKUS)
-        await edge.client.receive([("A", 10)])
-        await wait_in_sync(hub, edge, SKUS)
+        hub, edge, _report = await group.synced_site(nats_server.url, SITE, SKUS, [("A", 10)])
 
         await nats_server.kill()
         shutil.rmtree(nats_server.store_dir)
